@@ -1,0 +1,3 @@
+from acc.cli import app
+
+app(prog_name="acc")

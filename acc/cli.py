@@ -1,0 +1,137 @@
+"""`acc`: the command line (typer). `python -m acc` is the same."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(help="ACC: train factored autoencoders, and see and steer them while they train.",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Datasets: MNIST download and the like.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+WorkspaceOption = Annotated[Optional[Path], typer.Option(
+    "--workspace", "-w", envvar="ACC_WORKSPACE", help="Workspace folder (store, checkpoints, caches).")]
+
+
+def parse_task(spec: str) -> tuple[str, dict[str, Any]]:
+    """`Type` or `Type:key=value,key=value` (values parsed as JSON when they can be)."""
+    type_name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for pair in filter(None, rest.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value in task option {pair!r} of {spec!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return type_name.strip(), options
+
+
+@app.command()
+def train(
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1000,
+    model: Annotated[str, typer.Option(help="Model: factor_slot or conv_ae.")] = "factor_slot",
+    task: Annotated[Optional[list[str]], typer.Option(
+        help="Task to train, repeatable: Type or Type:key=value,... (default ReconstructionTask).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    eval_every: Annotated[int, typer.Option(min=0, help="Steps between evaluations (0: only at the end).")] = 500,
+    save: Annotated[Optional[str], typer.Option(help="Name of the checkpoint saved at the end.")] = "final",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Train headless with a progress bar; metrics go to the workspace store."""
+    from acc.engine import EngineConfig
+    from acc.engine.session import Session
+
+    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                          eval_every=eval_every)
+    with Session.open(workspace, config, watch=False) as session:
+        engine = session.engine
+        for spec in task or ["ReconstructionTask"]:
+            type_name, options = parse_task(spec)
+            try:
+                engine.add_task(type_name, **options)
+            except (KeyError, ValueError, TypeError) as e:
+                console.print(f"[red]cannot add task {spec!r}:[/red] {e}")
+                raise typer.Exit(2)
+        console.print(f"run {engine.run_id} on {engine.device}, workspace {session.workspace.root}")
+        done = engine.start(steps)
+        columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}  {task.fields[rate]} samples/s"), TimeRemainingColumn()]
+        start_step = engine.step
+        try:
+            with Progress(*columns, console=console) as progress:
+                bar = progress.add_task("train", total=steps, loss="-", rate="-")
+                while not done.done():
+                    concurrent.futures.wait([done], timeout=0.25)  # wakes at once when training ends
+                    last = engine.recent[-1][1] if engine.recent else {}
+                    progress.update(bar, completed=engine.step - start_step,
+                                    loss=f"{last.get('loss/total', float('nan')):.4f}",
+                                    rate=f"{engine.samples_per_s:,.0f}")
+        except KeyboardInterrupt:
+            console.print("interrupted: stopping after the current step")
+            engine.stop()
+        for error in [t for t in engine.state()["tasks"] if t["error"]]:
+            console.print(f"[red]task {error['name']} disabled:[/red] {error['error']}")
+        results = engine.evaluate()
+        table = Table("task", "metric", "value", title=f"evaluation at step {engine.step}")
+        for task_name, values in results.items():
+            for key, value in values.items():
+                table.add_row(task_name, key, f"{value:.4f}")
+        console.print(table)
+        if save:
+            checkpoint = engine.save_checkpoint(save)
+            console.print(f"checkpoint {checkpoint['name']!r} ({checkpoint['id']}) at {checkpoint['path']}")
+
+
+@app.command()
+def checkpoints(workspace: WorkspaceOption = None) -> None:
+    """List the checkpoints of the workspace."""
+    from acc.store import Store
+    from acc.workspace import Workspace
+
+    ws = Workspace.resolve(workspace)
+    with Store(ws.db_path) as store:
+        rows = store.checkpoints()
+    table = Table("id", "name", "step", "parent", "run", "tasks", "created")
+    for row in rows:
+        tasks = ", ".join(t["name"] for t in row["meta"].get("tasks", []))
+        created = datetime.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(row["id"], row["name"], str(row["step"]), row["parent"] or "-", str(row["run_id"]),
+                      tasks, created)
+    console.print(table if rows else f"no checkpoints in {ws.root}")
+
+
+@data_app.command("fetch-mnist")
+def fetch_mnist_command(
+    dest: Annotated[Optional[Path], typer.Option(help="Folder for the IDX files (default: workspace cache).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Download the four MNIST IDX files (checksums verified)."""
+    from acc.datasets import fetch_mnist
+    from acc.workspace import Workspace
+
+    target = dest or Workspace.resolve(workspace).mnist_dir
+    try:
+        paths = fetch_mnist(target)
+    except RuntimeError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1)
+    console.print(f"MNIST ready in {target}: {', '.join(p.name for p in paths)}")
+
+
+if __name__ == "__main__":
+    app()

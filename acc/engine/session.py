@@ -1,0 +1,52 @@
+"""Wiring: a workspace, its store, the three registries and an engine, opened and closed together.
+
+Used by the CLI, the trainer service and tests, so that all of them start the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from acc.engine.trainer import Engine, EngineConfig
+from acc.generators.base import Generator
+from acc.recipes.base import Recipe
+from acc.registry import Registry
+from acc.store import Store
+from acc.tasks.base import Task
+from acc.workspace import Workspace
+
+
+@dataclass
+class Session:
+    workspace: Workspace
+    store: Store
+    tasks: Registry
+    generators: Registry
+    recipes: Registry
+    engine: Engine
+
+    @classmethod
+    def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
+             watch: bool = True) -> "Session":
+        """Open everything; `watch=False` loads the registries once without a file watcher."""
+        ws = Workspace.resolve(workspace)
+        store = Store(ws.db_path)
+        registries = [Registry(kind, base, ws.registry_folders(kind))
+                      for kind, base in (("tasks", Task), ("generators", Generator), ("recipes", Recipe))]
+        for registry in registries:
+            registry.start() if watch else registry.scan()
+        engine = Engine(ws, store, registries[0], config)
+        return cls(ws, store, *registries, engine)
+
+    def close(self) -> None:
+        self.engine.close()
+        for registry in (self.tasks, self.generators, self.recipes):
+            registry.stop()
+        self.store.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

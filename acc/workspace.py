@@ -1,0 +1,68 @@
+"""Where a training session keeps its files: the SQLite store, checkpoints, caches, extra folders.
+
+A workspace is a folder (default `./workspace`, or `--workspace DIR`, or `ACC_WORKSPACE`). An
+optional `acc.toml` in it adds user folders for the registries:
+
+    [registry]
+    tasks = ["~/my_tasks"]
+    generators = []
+    recipes = []
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REGISTRY_KINDS = ("tasks", "generators", "recipes")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, path: str | Path | None = None) -> "Workspace":
+        """`path`, else `ACC_WORKSPACE`, else `./workspace`; created if missing."""
+        chosen = path or os.environ.get("ACC_WORKSPACE") or "workspace"
+        root = Path(chosen).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "acc.sqlite"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def mnist_dir(self) -> Path:
+        return self.root / "mnist"
+
+    @property
+    def data_dirs(self) -> list[Path]:
+        """Folders searched for `<name>.pt` datasets: the workspace's own, then `acc/data/`."""
+        return [self.root / "data", PACKAGE_DIR / "data"]
+
+    def config(self) -> dict:
+        path = self.root / "acc.toml"
+        if not path.exists():
+            return {}
+        with path.open("rb") as f:
+            return tomllib.load(f)
+
+    def registry_folders(self, kind: str) -> list[Path]:
+        """The built-in folder `acc/<kind>/` first, then the extra folders named in `acc.toml`."""
+        if kind not in REGISTRY_KINDS:
+            raise ValueError(f"unknown registry kind {kind!r}; expected one of {REGISTRY_KINDS}")
+        extra = self.config().get("registry", {}).get(kind, [])
+        folders = [PACKAGE_DIR / kind]
+        for entry in extra:
+            folder = Path(entry).expanduser()
+            folders.append(folder if folder.is_absolute() else (self.root / folder).resolve())
+        return folders
