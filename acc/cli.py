@@ -86,7 +86,7 @@ def train(
             engine.stop()
         for error in [t for t in engine.state()["tasks"] if t["error"]]:
             console.print(f"[red]task {error['name']} disabled:[/red] {error['error']}")
-        results = engine.evaluate()
+        results = engine.last_eval if engine.last_eval_step == engine.step else engine.evaluate()
         table = Table("task", "metric", "value", title=f"evaluation at step {engine.step}")
         for task_name, values in results.items():
             for key, value in values.items():

@@ -219,3 +219,33 @@ def test_engine_accepts_a_model_instance(workspace, tiny_config):
             assert engine.train(3)["step"] == 3
         finally:
             engine.close()
+
+
+PROBE = '''
+import torch.nn.functional as F
+from acc.tasks.base import Task
+
+class BrightnessProbe(Task):
+    """Version {version}."""
+    isolation = "probe"
+
+    def loss(self, out, batch):
+        return F.mse_loss(self.head(self.features(out)).squeeze(-1), batch["image"].mean(dim=(1, 2, 3)))
+'''
+
+
+def test_running_tasks_turn_stale_when_their_file_changes_and_keep_training(workspace, tiny_config):
+    folder = write_user_tasks(workspace, {"brightness.py": PROBE.format(version=1)})
+    with Session.open(workspace.root, tiny_config, watch=True) as session:
+        engine = session.engine
+        engine.add_task("BrightnessProbe")
+        stale = threading.Event()
+        engine.subscribe(lambda e: stale.set() if e.get("kind") == "task_stale" else None)
+        (folder / "brightness.py").write_text(PROBE.format(version=2))
+        assert stale.wait(5), "no stale event within 5 s of the save"
+        task = engine.state()["tasks"][0]
+        assert task["stale"] and task["enabled"]
+        assert session.tasks.get("BrightnessProbe").__doc__ == "Version 2."
+        assert engine.train(3)["step"] == 3  # the running instance keeps its class
+        engine.add_task("BrightnessProbe", name="fresh")
+        assert [t["stale"] for t in engine.state()["tasks"]] == [True, False]

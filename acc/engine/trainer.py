@@ -125,6 +125,7 @@ class Engine:
         self.parent_checkpoint: str | None = None
         self.samples_per_s = 0.0
         self.last_eval: dict[str, dict[str, float]] = {}
+        self.last_eval_step: int | None = None
         self.recent: deque[tuple[int, dict[str, float]]] = deque(maxlen=10_000)  # ring for the stream
         self.run_id = store.create_run(self.config.run_name or time.strftime("run-%Y%m%d-%H%M%S"),
                                        {"engine": asdict(self.config), "model": self.model.config()})
@@ -386,7 +387,8 @@ class Engine:
         self._finish_run()
         with self._lock:
             self.model, self.optimizer, self.tasks = model, optimizer, tasks
-        self.step, self.parent_checkpoint, self.last_eval = meta["step"], row["id"], {}
+        self.step, self.parent_checkpoint = meta["step"], row["id"]
+        self.last_eval, self.last_eval_step = {}, None
         self.run_id = self.store.create_run(f"{row['name']}-resumed",
                                             {"engine": asdict(self.config), "model": meta["model"],
                                              "from_checkpoint": row["id"]})
@@ -484,7 +486,7 @@ class Engine:
                         self._disable(active, f"during evaluation: {error_text(e)}")
         finally:
             self.model.train()
-        self.last_eval = results
+        self.last_eval, self.last_eval_step = results, self.step
         flat = {f"eval/{task}/{k}": v for task, values in results.items() for k, v in values.items()}
         if flat:
             self.store.log_metrics(self.run_id, self.step, flat)

@@ -36,7 +36,7 @@ class FactorSlotAutoencoder(nn.Module):
     recon_logits = True
 
     def __init__(self, factors: list[str] | dict[str, int] = DEFAULT_FACTORS, slot_dim: int = 8,
-                 channels: int = 64, hidden: int = 64) -> None:
+                 channels: int = 32, hidden: int = 64) -> None:
         super().__init__()
         sizes = dict(factors) if isinstance(factors, dict) else {name: slot_dim for name in factors}
         if not sizes or "all" in sizes:

@@ -1,0 +1,39 @@
+"""The `acc` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def acc(*args, workspace, mnist_cache):
+    env = {**os.environ, "ACC_WORKSPACE": str(workspace.root), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "acc", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_train_writes_metrics_and_a_checkpoint_that_checkpoints_lists(workspace, mnist_cache):
+    result = acc("train", "--steps", "6", "--batch-size", "16", "--eval-every", "3", "--task", "ReconstructionTask",
+                 "--task", "ClassificationTask:name=digit,latent=digit,weight=0.5",
+                 workspace=workspace, mnist_cache=mnist_cache)
+    assert result.returncode == 0, result.stderr
+    assert "evaluation at step 6" in result.stdout and "accuracy" in result.stdout
+    listing = acc("checkpoints", workspace=workspace, mnist_cache=mnist_cache)
+    assert listing.returncode == 0
+    assert "final" in listing.stdout and "reconstruction_task, digit" in listing.stdout
+
+    from acc.store import Store
+    with Store(workspace.db_path) as store:
+        run = store.runs()[0]
+        series = store.query_metrics(run["id"], ["loss/digit", "eval/digit/accuracy"])
+    assert series["loss/digit"]["step"] == [1, 2, 3, 4, 5, 6]
+    assert series["eval/digit/accuracy"]["step"] == [3, 6]
+
+
+def test_a_bad_task_is_a_clear_error(workspace, mnist_cache):
+    result = acc("train", "--steps", "2", "--task", "NoSuchTask", workspace=workspace, mnist_cache=mnist_cache)
+    assert result.returncode == 2
+    assert "NoSuchTask" in result.stdout + result.stderr
+    result = acc("train", "--steps", "2", "--task", "RegressionTask:oops", workspace=workspace, mnist_cache=mnist_cache)
+    assert result.returncode == 2 and "key=value" in result.stdout + result.stderr
