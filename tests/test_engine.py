@@ -249,3 +249,28 @@ def test_running_tasks_turn_stale_when_their_file_changes_and_keep_training(work
         assert engine.train(3)["step"] == 3  # the running instance keeps its class
         engine.add_task("BrightnessProbe", name="fresh")
         assert [t["stale"] for t in engine.state()["tasks"]] == [True, False]
+
+
+DESIGN_DUMMY_TASK = '''import torch.nn.functional as F
+from acc.tasks.base import Task
+
+class DummyTask(Task):
+    """Predict mean pixel intensity from the whole latent."""
+    def loss(self, out, batch):
+        pred = self.head(self.features(out)).squeeze(-1)
+        return F.mse_loss(pred, batch["image"].mean(dim=(1, 2, 3)))
+'''
+
+
+def test_the_design_dummy_task_works_unchanged(workspace, tiny_config):
+    write_user_tasks(workspace, {"dummy_task.py": DESIGN_DUMMY_TASK})
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        docs = {item["name"]: item["doc"] for item in session.tasks.describe()}
+        assert docs["DummyTask"] == "Predict mean pixel intensity from the whole latent."
+        engine = session.engine
+        engine.add_task("ReconstructionTask")
+        assert engine.add_task("DummyTask").name == "dummy_task"
+        engine.train(20)
+        session.store.flush()
+        values = session.store.query_metrics(engine.run_id, ["loss/dummy_task"])["loss/dummy_task"]["value"]
+        assert len(values) == 20 and values[-1] < values[0]
