@@ -9,6 +9,7 @@ task (error recorded) and the step is skipped whole; the engine keeps going.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -27,7 +28,7 @@ from acc.datasets import BatchStream, Dataset, load_dataset
 from acc.engine.checkpoint import new_checkpoint_id, read_checkpoint, remove_incomplete, write_checkpoint
 from acc.engine.commands import CommandQueue
 from acc.models import build_model
-from acc.protocol import check_model
+from acc.protocol import check_model, recon_probabilities
 from acc.registry import Registry
 from acc.store import Store
 from acc.tasks.base import Task, check_weight
@@ -95,6 +96,14 @@ def error_text(e: BaseException) -> str:
     frames = traceback.extract_tb(e.__traceback__)
     where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {e}{where}"
+
+
+def _fingerprint(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _cat_outputs(parts: list[Any]) -> Any:
@@ -192,6 +201,14 @@ class Engine:
 
     def load_checkpoint(self, id_or_name: str) -> dict:
         return self.call("load_checkpoint", id_or_name=id_or_name)
+
+    def fingerprints(self) -> dict:
+        """sha256 of the model's tensors and of each task head's, taken between two steps."""
+        return self.call("fingerprints")
+
+    def reconstructions(self, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` validation images of MNIST and their reconstructions, in [0, 1], on the CPU."""
+        return self.call("reconstructions", n=n)
 
     def close(self, timeout: float = 10) -> None:
         """Stop training, finish the current step, flush the store; idempotent."""
@@ -320,6 +337,23 @@ class Engine:
                 active.stale = stale
                 self._event("task_stale", f"task {active.task.name!r} stale={stale}",
                             task=active.task.name, stale=stale)
+
+    def _do_fingerprints(self) -> dict:
+        heads = {t.task.name: _fingerprint(t.task.head) for t in self.tasks.values() if t.task.head is not None}
+        return {"model": _fingerprint(self.model), "tasks": heads}
+
+    @torch.no_grad()
+    def _do_reconstructions(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 1 <= n <= 64:
+            raise ValueError(f"n must be between 1 and 64, got {n}")
+        validation = self._data("mnist").validation
+        images = validation.batch(torch.arange(min(n, len(validation))), self.device)["image"]
+        self.model.eval()
+        try:
+            recon = recon_probabilities(self.model, self.model(images)["recon"])
+        finally:
+            self.model.train()
+        return images.cpu(), recon.clamp(0, 1).cpu()
 
     def _do_evaluate(self) -> dict[str, dict[str, float]]:
         return self._evaluate()

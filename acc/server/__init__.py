@@ -1,0 +1,1 @@
+"""The trainer service: FastAPI over the engine (DESIGN §4)."""

@@ -1,0 +1,128 @@
+"""Pydantic models at the HTTP edge: every request body and response of the API (DESIGN §4).
+
+Request models forbid unknown fields and bound every number, so bad input is a 422 with a clear
+`detail` before it reaches the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from acc.tasks.base import MAX_WEIGHT
+
+TASK_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+TYPE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+DATASET_NAME = r"^[a-z0-9_-]{1,64}$"
+MAX_STEPS = 100_000_000
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- responses ---------------------------------------------------------------------------------
+class Health(BaseModel):
+    ok: bool
+    version: str
+
+
+class TaskState(BaseModel):
+    name: str
+    type: str
+    latent: str
+    dataset: str
+    weight: float
+    enabled: bool
+    stale: bool
+    error: str | None
+    last_loss: float | None
+
+
+class Fingerprints(BaseModel):
+    """sha256 (hex) of the model's tensors and of each task head's: equal hashes, equal weights."""
+    model: str
+    tasks: dict[str, str]
+
+
+class State(BaseModel):
+    status: Literal["idle", "running", "paused"]
+    step: int
+    run_id: int
+    model: dict[str, Any]
+    tasks: list[TaskState]
+    device: str
+    lr: float
+    samples_per_s: float
+    parent_checkpoint: str | None
+    fingerprints: Fingerprints
+
+
+class RegistryItem(BaseModel):
+    name: str
+    doc: str
+    params: dict[str, Any]
+    file: str
+
+
+class RegistryError(BaseModel):
+    file: str
+    line: int | None
+    message: str
+
+
+class RegistryListing(BaseModel):
+    items: list[RegistryItem]
+    errors: list[RegistryError]
+
+
+class Series(BaseModel):
+    step: list[int]
+    value: list[float]
+
+
+class Metrics(BaseModel):
+    series: dict[str, Series]
+
+
+class EvalResult(BaseModel):
+    step: int
+    time: float
+    results: dict[str, dict[str, float]]
+
+
+class Checkpoint(BaseModel):
+    id: str
+    name: str
+    parent: str | None
+    step: int
+    branch: str | None  # name of the run the checkpoint was saved from
+    metrics: dict[str, float | None]
+    created: float
+    run_id: int | None
+
+
+# ---- requests ----------------------------------------------------------------------------------
+class TrainRequest(Request):
+    action: Literal["start", "pause", "resume", "stop"]
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="for start: steps to train (none: until stopped)")
+
+
+class TaskCreate(Request):
+    type: str = Field(..., pattern=TYPE_NAME, description="a task class name from /api/registry/tasks")
+    name: str | None = Field(None, pattern=TASK_NAME)
+    weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+    latent: str | None = Field(None, pattern=TASK_NAME, description="a latent group of the model")
+    dataset: str | None = Field(None, pattern=DATASET_NAME)
+    isolation: Literal["probe", "slot", "shared"] | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="the task type's own parameters")
+
+
+class TaskUpdate(Request):
+    weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+    enabled: bool | None = None
+
+
+class CheckpointCreate(Request):
+    name: str | None = Field(None, pattern=TASK_NAME)
