@@ -98,6 +98,88 @@ def train(
 
 
 @app.command()
+def trainer(
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    port: int = 8765,
+    token: Annotated[Optional[str], typer.Option(envvar="ACC_TOKEN", help="Bearer token clients must send.")] = None,
+    model: Annotated[str, typer.Option(help="Model for a fresh run: factor_slot or conv_ae.")] = "factor_slot",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    device: str = "auto",
+    eval_every: Annotated[int, typer.Option(min=0)] = 500,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store."""
+    from acc.engine import EngineConfig
+    from acc.server.app import serve
+    from acc.server.auth import check_bind
+
+    try:
+        check_bind(host, token)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, device=device, eval_every=eval_every)
+    serve(host=host, port=port, workspace=workspace, token=token, config=config)
+
+
+@app.command()
+def ui(
+    trainer_url: Annotated[str, typer.Option("--trainer", help="URL of the trainer service.")] = "http://127.0.0.1:8765",
+    token: Annotated[Optional[str], typer.Option(envvar="ACC_TOKEN", help="The trainer's token.")] = None,
+    host: Annotated[str, typer.Option(help="Interface the dashboard binds.")] = "127.0.0.1",
+    port: int = 8080,
+) -> None:
+    """Run the dashboard; it talks to the trainer only over HTTP, so it may run on a laptop."""
+    from acc.ui.app import run_dashboard
+
+    run_dashboard(trainer_url, token, host=host, port=port)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Dashboard port.")] = 8080,
+    trainer_port: int = 8765,
+    start: Annotated[bool, typer.Option(help="Start training right away (pause it from the dashboard).")] = True,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Trainer and dashboard on this machine in one command (embedded defaults); prints the URL."""
+    import subprocess
+    import sys
+    import time
+
+    from acc.ui.app import run_dashboard
+    from acc.ui.client import TrainerClient, TrainerError
+
+    command = [sys.executable, "-m", "acc", "trainer", "--port", str(trainer_port)]
+    if workspace:
+        command += ["--workspace", str(workspace)]
+    trainer_process = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{trainer_port}"
+    try:
+        with TrainerClient(url) as client:
+            deadline = time.monotonic() + 60
+            while True:  # wait for the trainer to answer before opening the dashboard
+                try:
+                    state = client.state()
+                    break
+                except TrainerError:
+                    if trainer_process.poll() is not None or time.monotonic() > deadline:
+                        console.print("[red]the trainer did not start; see its output above[/red]")
+                        raise typer.Exit(1)
+                    time.sleep(0.2)
+            if not state["tasks"]:
+                client.add_task("ReconstructionTask")
+            if start and state["status"] != "running":
+                client.train("start")
+        console.print(f"[bold green]ACC dashboard: http://127.0.0.1:{port}[/bold green]  (trainer {url})")
+        run_dashboard(url, None, port=port)
+    finally:
+        trainer_process.terminate()
+        trainer_process.wait(10)
+
+
+@app.command()
 def checkpoints(workspace: WorkspaceOption = None) -> None:
     """List the checkpoints of the workspace."""
     from acc.store import Store

@@ -1,0 +1,145 @@
+"""The one HTTP client of the trainer API (DESIGN §4), used by the dashboard, the CLI and tests.
+
+Synchronous on purpose: the dashboard calls it from worker threads (`nicegui.run.io_bound`),
+scripts and tests call it directly. Errors become `TrainerError` (the API's `detail`, status) or
+`TrainerUnavailable` (cannot connect, timed out), so callers can show a clear message and retry.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Iterator
+
+import httpx
+
+
+class TrainerError(Exception):
+    """The trainer answered with an error."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class TrainerUnavailable(TrainerError):
+    """The trainer could not be reached (down, wrong address, network)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(0, f"cannot reach the trainer at {url}: {reason}")
+
+
+class TrainerClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "TrainerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise TrainerUnavailable(self.base_url, f"{type(e).__name__}: {e}") from e
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise TrainerError(response.status_code, detail)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        return None if response.status_code == 204 else response.json()
+
+    # ---- the API -----------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._json("GET", "/api/health")
+
+    def state(self) -> dict:
+        return self._json("GET", "/api/state")
+
+    def train(self, action: str, steps: int | None = None) -> dict:
+        body = {"action": action} | ({"steps": steps} if steps is not None else {})
+        return self._json("POST", "/api/train", json=body)
+
+    def registry(self, kind: str = "tasks") -> dict:
+        return self._json("GET", f"/api/registry/{kind}")
+
+    def add_task(self, type: str, name: str | None = None, weight: float | None = None,
+                 latent: str | None = None, dataset: str | None = None, isolation: str | None = None,
+                 params: dict | None = None) -> dict:
+        fields = {"name": name, "weight": weight, "latent": latent, "dataset": dataset, "isolation": isolation}
+        body = {"type": type, **{k: v for k, v in fields.items() if v is not None}, "params": params or {}}
+        return self._json("POST", "/api/tasks", json=body)
+
+    def update_task(self, name: str, weight: float | None = None, enabled: bool | None = None) -> dict:
+        body = {k: v for k, v in {"weight": weight, "enabled": enabled}.items() if v is not None}
+        return self._json("PATCH", f"/api/tasks/{name}", json=body)
+
+    def remove_task(self, name: str) -> None:
+        self._json("DELETE", f"/api/tasks/{name}")
+
+    def metrics(self, keys: list[str] | None = None, since: int | None = None, until: int | None = None,
+                max_points: int = 2000, run: int | None = None) -> dict[str, dict[str, list]]:
+        params: dict[str, Any] = {"max_points": max_points}
+        if keys:
+            params["keys"] = ",".join(keys)
+        params |= {k: v for k, v in {"since": since, "until": until, "run": run}.items() if v is not None}
+        return self._json("GET", "/api/metrics", params=params)["series"]
+
+    def runs(self) -> list[dict]:
+        return self._json("GET", "/api/runs")
+
+    def evaluate(self) -> dict:
+        return self._json("POST", "/api/eval")
+
+    def evals(self, limit: int = 100) -> list[dict]:
+        return self._json("GET", "/api/evals", params={"limit": limit})
+
+    def reconstructions_png(self, n: int = 8) -> bytes:
+        return self.request("GET", "/api/images/reconstructions.png", params={"n": n}).content
+
+    def checkpoints(self) -> list[dict]:
+        return self._json("GET", "/api/checkpoints")
+
+    def save_checkpoint(self, name: str | None = None) -> dict:
+        return self._json("POST", "/api/checkpoints", json={"name": name} if name else {})
+
+    def load_checkpoint(self, checkpoint_id: str) -> dict:
+        return self._json("POST", f"/api/checkpoints/{checkpoint_id}/load")
+
+    def stream(self, stop: threading.Event | None = None) -> Iterator[dict]:
+        """Server-sent events as `{"event": type, "data": parsed JSON}`, until `stop` is set or the
+        connection ends. Keep-alives arrive every ~15 s, so a 45 s read timeout means a dead link."""
+        timeout = httpx.Timeout(10.0, read=45.0)
+        try:
+            with self._http.stream("GET", "/api/stream", timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise TrainerError(response.status_code, response.text)
+                event, data = "message", []
+                for line in response.iter_lines():
+                    if stop is not None and stop.is_set():
+                        return
+                    if line == "":
+                        if data:
+                            yield {"event": event, "data": json.loads("\n".join(data))}
+                        event, data = "message", []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+        except httpx.TransportError as e:
+            raise TrainerUnavailable(self.base_url, f"{type(e).__name__}: {e}") from e

@@ -1,0 +1,25 @@
+"""The milestone acceptance scripts, run as a researcher runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from acc.test_m2 import TASK_FILE
+
+
+def test_m2_acceptance_passes_and_cleans_up():
+    result = subprocess.run([sys.executable, "-m", "acc.test_m2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 7 and all(line.startswith("PASS") for line in lines), result.stdout
+    assert "ALL PASS" in result.stdout
+    assert not TASK_FILE.exists()
+
+
+def test_m2_acceptance_fails_clearly_without_a_trainer():
+    result = subprocess.run([sys.executable, "-m", "acc.test_m2", "--trainer", "http://127.0.0.1:9"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout and "cannot reach the trainer" in result.stdout
+    assert not TASK_FILE.exists()
