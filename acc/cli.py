@@ -23,19 +23,24 @@ WorkspaceOption = Annotated[Optional[Path], typer.Option(
     "--workspace", "-w", envvar="ACC_WORKSPACE", help="Workspace folder (store, checkpoints, caches).")]
 
 
-def parse_task(spec: str) -> tuple[str, dict[str, Any]]:
-    """`Type` or `Type:key=value,key=value` (values parsed as JSON when they can be)."""
-    type_name, _, rest = spec.partition(":")
+def parse_options(pairs: list[str], where: str) -> dict[str, Any]:
+    """`key=value` pairs; values are parsed as JSON when they can be (numbers, true, lists)."""
     options: dict[str, Any] = {}
-    for pair in filter(None, rest.split(",")):
+    for pair in filter(None, pairs):
         key, sep, value = pair.partition("=")
         if not sep:
-            raise typer.BadParameter(f"expected key=value in task option {pair!r} of {spec!r}")
+            raise typer.BadParameter(f"expected key=value in option {pair!r} of {where!r}")
         try:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             options[key.strip()] = value
-    return type_name.strip(), options
+    return options
+
+
+def parse_task(spec: str) -> tuple[str, dict[str, Any]]:
+    """`Type` or `Type:key=value,key=value`."""
+    type_name, _, rest = spec.partition(":")
+    return type_name.strip(), parse_options(rest.split(","), spec)
 
 
 @app.command()
@@ -95,6 +100,43 @@ def train(
         if save:
             checkpoint = engine.save_checkpoint(save)
             console.print(f"checkpoint {checkpoint['name']!r} ({checkpoint['id']}) at {checkpoint['path']}")
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="Recipe class name (or snake_case), e.g. smoke.")],
+    param: Annotated[Optional[list[str]], typer.Option(help="Recipe parameter key=value, repeatable.")] = None,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    eval_every: Annotated[int, typer.Option(min=0)] = 500,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Run a recipe headless; checkpoints it already made (same recipe version) are reused."""
+    from acc.engine import EngineConfig
+    from acc.engine.recipes import run_recipe
+    from acc.engine.session import Session
+
+    config = EngineConfig(seed=seed, device=device, batch_size=batch_size, eval_every=eval_every)
+    with Session.open(workspace, config, watch=False) as session:
+        columns = [TextColumn(f"[bold]{recipe}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task(recipe, total=None)
+            try:
+                result = run_recipe(session.engine, session.recipes, recipe, parse_options(param or [], "--param"),
+                                    on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+            except KeyError as e:
+                console.print(f"[red]{e.args[0]}[/red]")
+                raise typer.Exit(2)
+            except Exception as e:
+                from acc.engine.trainer import error_text
+                console.print(f"[red]recipe failed:[/red] {error_text(e)}")
+                raise typer.Exit(1)
+        table = Table("checkpoint", "id", "parent", "step", title=f"{result.recipe} ({result.steps} steps)")
+        for row in result.checkpoints:
+            reused = " (reused)" if row["name"] in result.skipped else ""
+            table.add_row(row["name"] + reused, row["id"], row["parent"] or "-", str(row["step"]))
+        console.print(table)
 
 
 @app.command()

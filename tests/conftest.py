@@ -39,11 +39,16 @@ def session(workspace, tiny_config):
         yield s
 
 
-def write_user_tasks(workspace: Workspace, files: dict[str, str]) -> Path:
-    """Put task files in an extra registry folder of the workspace (declared in acc.toml)."""
-    folder = workspace.root / "user_tasks"
+def write_user_files(workspace: Workspace, kind: str, files: dict[str, str]) -> Path:
+    """Put user files in the workspace's extra registry folder `user_<kind>` (declared in acc.toml)."""
+    (workspace.root / "acc.toml").write_text(
+        "[registry]\n" + "".join(f'{k} = ["user_{k}"]\n' for k in ("tasks", "generators", "recipes")))
+    folder = workspace.root / f"user_{kind}"
     folder.mkdir(exist_ok=True)
-    (workspace.root / "acc.toml").write_text('[registry]\ntasks = ["user_tasks"]\n')
     for name, text in files.items():
         (folder / name).write_text(text)
     return folder
+
+
+def write_user_tasks(workspace: Workspace, files: dict[str, str]) -> Path:
+    return write_user_files(workspace, "tasks", files)

@@ -136,8 +136,7 @@ class Engine:
         self.last_eval: dict[str, dict[str, float]] = {}
         self.last_eval_step: int | None = None
         self.recent: deque[tuple[int, dict[str, float]]] = deque(maxlen=10_000)  # ring for the stream
-        self.run_id = store.create_run(self.config.run_name or time.strftime("run-%Y%m%d-%H%M%S"),
-                                       {"engine": asdict(self.config), "model": self.model.config()})
+        self.run_id = self._new_run()
         remove_incomplete(workspace.checkpoints_dir)
 
         self._commands = CommandQueue()
@@ -171,6 +170,10 @@ class Engine:
     def update_task(self, name: str, weight: float | None = None, enabled: bool | None = None) -> TaskState:
         return self.call("update_task", name=name, weight=weight, enabled=enabled)
 
+    def set_model(self, config: dict) -> dict:
+        """Replace the model by `build_model(config)`; tasks are removed and a new run begins."""
+        return self.call("set_model", config=config)
+
     def set_lr(self, lr: float) -> None:
         self.call("set_lr", lr=lr)
 
@@ -196,8 +199,10 @@ class Engine:
     def evaluate(self) -> dict[str, dict[str, float]]:
         return self.call("evaluate")
 
-    def save_checkpoint(self, name: str | None = None) -> dict:
-        return self.call("save_checkpoint", name=name)
+    def save_checkpoint(self, name: str | None = None, branch: str | None = None, extra: dict | None = None) -> dict:
+        """Save a checkpoint; `branch` names its line in the tree (default: the run's name),
+        `extra` is kept in its meta (recipes record themselves there)."""
+        return self.call("save_checkpoint", name=name, branch=branch, extra=extra or {})
 
     def load_checkpoint(self, id_or_name: str) -> dict:
         return self.call("load_checkpoint", id_or_name=id_or_name)
@@ -268,9 +273,8 @@ class Engine:
         if task.name in self.tasks:
             raise ValueError(f"a task named {task.name!r} already exists")
         self._data(task.dataset)
-        task.bind(self.model)
+        self._bind(task, self.model)
         if task.head is not None:
-            task.head.to(self.device)
             self.optimizer.add_param_group({"params": list(task.head.parameters()), "name": f"task:{task.name}"})
         with self._lock:
             self.tasks[task.name] = ActiveTask(task)
@@ -311,6 +315,22 @@ class Engine:
         self._rate_mark, self._samples = (time.perf_counter(), 0), 0
         self._set_status("running")
         return self._done
+
+    def _do_set_model(self, config: dict) -> dict:
+        """Start over with a new model: tasks are removed, the step is 0, a new run begins."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            model = self._prepare_model(build_model(config))
+        self._finish_run()
+        with self._lock:
+            self.model, self.tasks = model, {}
+        self.optimizer = self._new_optimizer(model, [])
+        self.step, self.parent_checkpoint, self.last_eval, self.last_eval_step = 0, None, {}, None
+        self.run_id = self._new_run()
+        self._reset_streams()
+        self._set_status("idle")
+        self._event("model", f"new model {config.get('name')!r}", model=model.config())
+        return self.state()
 
     def _do_pause(self) -> None:
         if self.status == "running":
@@ -358,7 +378,7 @@ class Engine:
     def _do_evaluate(self) -> dict[str, dict[str, float]]:
         return self._evaluate()
 
-    def _do_save_checkpoint(self, name: str | None) -> dict:
+    def _do_save_checkpoint(self, name: str | None, branch: str | None, extra: dict) -> dict:
         checkpoint_id = new_checkpoint_id()
         name = name or f"step-{self.step}"
         names = self._parameter_names()
@@ -376,13 +396,14 @@ class Engine:
             "created": time.time(), "model": self.model.config(),
             "tasks": [{**t.task.spec(), "enabled": t.enabled} for t in self.tasks.values()],
             "optimizer": {"type": "Adam", "lr": self.optimizer.param_groups[0]["lr"]},
-            "metrics": metrics,
+            "metrics": metrics, "branch": branch or self.store.run(self.run_id)["name"], **extra,
         }
         path = write_checkpoint(self.workspace.checkpoints_dir, checkpoint_id, weights, optimizer_state, meta)
         self.store.add_checkpoint(checkpoint_id, self.run_id, name, self.parent_checkpoint, self.step,
                                   str(path), meta)
         self.parent_checkpoint = checkpoint_id
-        row = {"id": checkpoint_id, "name": name, "parent": meta["parent"], "step": self.step,
+        self._reset_streams()
+        row = {"id": checkpoint_id, "name": name, "parent": meta["parent"], "step": self.step, "branch": meta["branch"],
                "path": str(path), "metrics": metrics}
         self._event("checkpoint", f"checkpoint {name!r} saved at step {self.step}", **row)
         return row
@@ -404,10 +425,9 @@ class Engine:
                 name=spec["name"], latent=spec["latent"], dataset=spec["dataset"], weight=spec["weight"],
                 out_dim=spec["out_dim"], isolation=spec["isolation"], **spec["params"])
             self._data(task.dataset)
-            task.bind(model)
+            self._bind(task, model)
             if task.head is not None:
                 task.head.load_state_dict(data.head_state(task.name))
-                task.head.to(self.device)
             tasks[task.name] = ActiveTask(task, enabled=spec.get("enabled", True))
         optimizer = self._new_optimizer(model, list(tasks.values()))
         for group in optimizer.param_groups:
@@ -423,9 +443,8 @@ class Engine:
             self.model, self.optimizer, self.tasks = model, optimizer, tasks
         self.step, self.parent_checkpoint = meta["step"], row["id"]
         self.last_eval, self.last_eval_step = {}, None
-        self.run_id = self.store.create_run(f"{row['name']}-resumed",
-                                            {"engine": asdict(self.config), "model": meta["model"],
-                                             "from_checkpoint": row["id"]})
+        self._reset_streams()
+        self.run_id = self._new_run(f"{row['name']}-resumed", from_checkpoint=row["id"])
         self._set_status("idle")
         self._event("checkpoint_loaded", f"checkpoint {row['name']!r} loaded (step {self.step})", id=row["id"])
         return self.state()
@@ -567,9 +586,31 @@ class Engine:
         if name not in self.data:
             dataset = load_dataset(name, self.workspace.data_dirs, self.workspace.mnist_dir)
             train, validation = dataset.split(self.config.val_fraction, self.config.seed)
-            seed = self.config.seed + zlib.crc32(name.encode())  # each dataset its own stable stream
-            self.data[name] = DataSource(BatchStream(train, self.config.batch_size, seed, self.device), validation)
+            stream = BatchStream(train, self.config.batch_size, self._seed_for(name), self.device)
+            self.data[name] = DataSource(stream, validation)
         return self.data[name]
+
+    def _new_run(self, name: str | None = None, **extra: Any) -> int:
+        name = name or self.config.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+        return self.store.create_run(name, {"engine": asdict(self.config), "model": self.model.config(), **extra})
+
+    def _seed_for(self, what: str) -> int:
+        """A stable seed per dataset stream or task head, so runs repeat exactly."""
+        return self.config.seed + zlib.crc32(f"{what}@{self.step}".encode())
+
+    def _reset_streams(self) -> None:
+        """Reseed every data stream from (seed, dataset, step): a run continued from a checkpoint
+        then draws the same batches as the run that saved it."""
+        for name, source in self.data.items():
+            source.stream = BatchStream(source.stream.data, self.config.batch_size, self._seed_for(name), self.device)
+
+    def _bind(self, task: Task, model: nn.Module) -> None:
+        """Bind a task to a model; its head starts from a seed of its own (not the global RNG)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed_for(f"task:{task.name}"))
+            task.bind(model)
+        if task.head is not None:
+            task.head.to(self.device)
 
     def _task(self, name: str) -> ActiveTask:
         if name not in self.tasks:
