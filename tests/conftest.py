@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests run tiny models next to trainer subprocesses on 2 cores: one intra-op thread per process
+# avoids oversubscription, which slows torch down many times. Set before torch is imported, and
+# inherited by the subprocesses the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from pathlib import Path
 
 import pytest
@@ -9,6 +16,8 @@ import pytest
 from acc.engine import EngineConfig
 from acc.engine.session import Session
 from acc.workspace import Workspace
+
+pytest_plugins = ["tests.server_fixtures"]
 
 TINY_MODEL = {"name": "factor_slot", "factors": ["digit", "thickness", "slant", "style"],
               "slot_dim": 4, "channels": 16, "hidden": 16}

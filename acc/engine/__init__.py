@@ -1,5 +1,5 @@
 """Training: the engine thread, its commands and checkpoints."""
 
-from acc.engine.trainer import Engine, EngineConfig, TaskState
+from acc.engine.trainer import DuplicateTaskError, Engine, EngineClosed, EngineConfig, TaskState
 
-__all__ = ["Engine", "EngineConfig", "TaskState"]
+__all__ = ["DuplicateTaskError", "Engine", "EngineClosed", "EngineConfig", "TaskState"]

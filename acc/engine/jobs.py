@@ -48,11 +48,23 @@ class JobConflict(RuntimeError):
 
 
 class JobManager:
-    def __init__(self, on_change: Callable[[Job], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._on_change = on_change or (lambda job: None)
+        self._subscribers: list[Callable[[Job], None]] = []
+
+    def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
+        """`callback(job)` on every status or progress change, on the job's thread."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _on_change(self, job: Job) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(job)
+            except Exception:
+                log.exception("job subscriber failed")
 
     def submit(self, kind: str, name: str, work: Callable[[Job], dict | None], owns_engine: bool = False) -> Job:
         """Start `work(job)` on a thread; it may set `job.progress` and should watch `job.cancel`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from acc.engine.jobs import JobManager
 from acc.engine.trainer import Engine, EngineConfig
 from acc.generators.base import Generator
 from acc.recipes.base import Recipe
@@ -25,6 +26,7 @@ class Session:
     generators: Registry
     recipes: Registry
     engine: Engine
+    jobs: JobManager
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
@@ -37,9 +39,11 @@ class Session:
         for registry in registries:
             registry.start() if watch else registry.scan()
         engine = Engine(ws, store, registries[0], config)
-        return cls(ws, store, *registries, engine)
+        return cls(ws, store, *registries, engine, JobManager())
 
     def close(self) -> None:
+        for job in self.jobs.list():  # a running recipe stops at its next chunk of steps
+            job.cancel.set()
         self.engine.close()
         for registry in (self.tasks, self.generators, self.recipes):
             registry.stop()

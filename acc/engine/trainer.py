@@ -38,6 +38,14 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 
 
+class DuplicateTaskError(ValueError):
+    """A task with that name is already in the engine."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed; it takes no more commands."""
+
+
 @dataclass
 class EngineConfig:
     model: dict = field(default_factory=lambda: {"name": "factor_slot"})
@@ -154,7 +162,7 @@ class Engine:
     # ==== public API: thread-safe, each call is a command applied between steps ====================
     def submit(self, kind: str, **args: Any) -> Future:
         if self._closing:
-            raise RuntimeError("the engine is closed")
+            raise EngineClosed("the engine is closed")
         return self._commands.submit(kind, **args)
 
     def call(self, kind: str, timeout: float | None = 60, **args: Any) -> Any:
@@ -204,8 +212,10 @@ class Engine:
         `extra` is kept in its meta (recipes record themselves there)."""
         return self.call("save_checkpoint", name=name, branch=branch, extra=extra or {})
 
-    def load_checkpoint(self, id_or_name: str) -> dict:
-        return self.call("load_checkpoint", id_or_name=id_or_name)
+    def load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
+        """Continue from a checkpoint, in a new run; with `branch`, that run is a fork of that
+        name (checkpoints saved from it are the checkpoint's children on that branch)."""
+        return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch)
 
     def fingerprints(self) -> dict:
         """sha256 of the model's tensors and of each task head's, taken between two steps."""
@@ -271,7 +281,7 @@ class Engine:
         cls = self.registry.get(type)
         task = cls(name=name, **options)
         if task.name in self.tasks:
-            raise ValueError(f"a task named {task.name!r} already exists")
+            raise DuplicateTaskError(f"a task named {task.name!r} already exists")
         self._data(task.dataset)
         self._bind(task, self.model)
         if task.head is not None:
@@ -408,7 +418,7 @@ class Engine:
         self._event("checkpoint", f"checkpoint {name!r} saved at step {self.step}", **row)
         return row
 
-    def _do_load_checkpoint(self, id_or_name: str) -> dict:
+    def _do_load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
         row = self.store.checkpoint(id_or_name)
         if row is None:
             raise KeyError(f"no checkpoint with id or name {id_or_name!r}")
@@ -444,7 +454,7 @@ class Engine:
         self.step, self.parent_checkpoint = meta["step"], row["id"]
         self.last_eval, self.last_eval_step = {}, None
         self._reset_streams()
-        self.run_id = self._new_run(f"{row['name']}-resumed", from_checkpoint=row["id"])
+        self.run_id = self._new_run(branch or f"{row['name']}-resumed", from_checkpoint=row["id"])
         self._set_status("idle")
         self._event("checkpoint_loaded", f"checkpoint {row['name']!r} loaded (step {self.step})", id=row["id"])
         return self.state()

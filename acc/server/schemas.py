@@ -126,3 +126,57 @@ class TaskUpdate(Request):
 
 class CheckpointCreate(Request):
     name: str | None = Field(None, pattern=TASK_NAME)
+
+
+# ---- added with the service --------------------------------------------------------------------
+class Error(BaseModel):
+    """Every 4xx: what was wrong, for a person to read."""
+    detail: str
+
+
+class Run(BaseModel):
+    id: int
+    name: str
+    created: float
+    status: str
+    config: dict[str, Any]
+
+
+class MetricsBatch(BaseModel):
+    """The `metrics` stream event: the points logged since the previous one, column-wise;
+    `values[key][i]` belongs to `step[i]` (null where that step did not log the key)."""
+    step: list[int]
+    values: dict[str, list[float | None]]
+
+
+class RegistryChange(BaseModel):
+    """The `registry` stream event: what one scan of a registry's folders changed."""
+    kind: Literal["tasks", "generators", "recipes"]
+    added: list[str]
+    updated: list[str]
+    removed: list[str]
+    errors: list[RegistryError]
+    files: list[str]
+
+
+# ---- recipes and jobs --------------------------------------------------------------------------
+class Job(BaseModel):
+    """A background job (a recipe run); also the `job` stream event."""
+    id: str
+    kind: str
+    name: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(ge=0, le=1)
+    error: str | None
+    result: dict[str, Any] | None
+    created: float
+    finished: float | None
+    owns_engine: bool
+
+
+class RecipeRun(Request):
+    params: dict[str, Any] = Field(default_factory=dict, description="the recipe's own parameters")
+
+
+class ForkRequest(Request):
+    name: str = Field(..., pattern=TASK_NAME, description="name of the new branch")

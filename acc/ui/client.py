@@ -120,6 +120,21 @@ class TrainerClient:
     def load_checkpoint(self, checkpoint_id: str) -> dict:
         return self._json("POST", f"/api/checkpoints/{checkpoint_id}/load")
 
+    def fork_checkpoint(self, checkpoint_id: str, name: str) -> dict:
+        return self._json("POST", f"/api/checkpoints/{checkpoint_id}/fork", json={"name": name})
+
+    def run_recipe(self, name: str, params: dict | None = None) -> dict:
+        return self._json("POST", f"/api/recipes/{name}/run", json={"params": params or {}})
+
+    def jobs(self) -> list[dict]:
+        return self._json("GET", "/api/jobs")
+
+    def job(self, job_id: str) -> dict:
+        return self._json("GET", f"/api/jobs/{job_id}")
+
+    def cancel_job(self, job_id: str) -> dict:
+        return self._json("POST", f"/api/jobs/{job_id}/cancel")
+
     def stream(self, stop: threading.Event | None = None) -> Iterator[dict]:
         """Server-sent events as `{"event": type, "data": parsed JSON}`, until `stop` is set or the
         connection ends. Keep-alives arrive every ~15 s, so a 45 s read timeout means a dead link."""

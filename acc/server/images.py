@@ -1,0 +1,29 @@
+"""PNG pictures of tensors, drawn with Pillow: white digits on black, scaled up without blurring."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+SCALE = 3  # 28 px digits become 84 px: readable without the browser's blurry upscaling
+GAP = 2  # px of mid-grey between digits and between rows
+GAP_VALUE = 96
+
+
+def grid_png(rows: list[torch.Tensor], scale: int = SCALE, gap: int = GAP) -> bytes:
+    """Rows of images ([n, 1, h, w] in [0, 1], the same n and size) as one greyscale PNG."""
+    n, _, h, w = rows[0].shape
+    cell_h, cell_w = h * scale + gap, w * scale + gap
+    canvas = np.full((len(rows) * cell_h + gap, n * cell_w + gap), GAP_VALUE, dtype=np.uint8)
+    for r, images in enumerate(rows):
+        pixels = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest-neighbour upscaling
+        for i, image in enumerate(pixels):
+            top, left = gap + r * cell_h, gap + i * cell_w
+            canvas[top:top + h * scale, left:left + w * scale] = image
+    out = io.BytesIO()
+    Image.fromarray(canvas).save(out, format="PNG")
+    return out.getvalue()

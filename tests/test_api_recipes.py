@@ -1,0 +1,77 @@
+"""The recipe, job and fork endpoints over real HTTP."""
+
+from __future__ import annotations
+
+from tests.conftest import write_user_files
+from tests.test_recipes import USER_RECIPES
+
+
+def test_running_smoke_through_the_api_grows_the_tree(trainer_factory, workspace, sse):
+    trainer = trainer_factory()
+    with trainer.client() as http, sse(trainer) as events:
+        events.wait_for("hello")
+        response = http.post("/api/recipes/smoke/run", json={})
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert job["kind"] == "recipe" and job["name"] == "Smoke"
+        done = events.wait_for("job", lambda j: j["id"] == job["id"] and j["status"] not in ("queued", "running"),
+                               timeout=120)
+        assert done["status"] == "done" and done["progress"] == 1.0, done
+        assert http.get(f"/api/jobs/{job['id']}").json()["status"] == "done"
+        nodes = {c["name"]: c for c in http.get("/api/checkpoints").json()}
+        assert nodes["smoke_recon"]["parent"] == nodes["smoke_base"]["id"] == nodes["smoke_digit"]["parent"]
+        assert nodes["smoke_digit"]["branch"] == "smoke_digit"
+        assert [j["id"] for j in http.get("/api/jobs").json()] == [job["id"]]
+
+
+def test_manual_edits_are_refused_while_a_recipe_drives_and_cancel_ends_it(trainer_factory, workspace):
+    write_user_files(workspace, "recipes", {"user_recipes.py": USER_RECIPES})
+    trainer = trainer_factory()
+    with trainer.client() as http:
+        job = http.post("/api/recipes/Long/run", json={}).json()
+        refused = http.post("/api/tasks", json={"type": "ClassificationTask"})
+        assert refused.status_code == 409 and "driving the engine" in refused.json()["detail"]
+        assert http.post("/api/train", json={"action": "pause"}).status_code == 409
+        assert http.post("/api/recipes/smoke/run", json={}).status_code == 409
+        cancelled = http.post(f"/api/jobs/{job['id']}/cancel").json()
+        assert cancelled["id"] == job["id"]
+        final = trainer.session.jobs.wait(job["id"], 60)
+        assert final.status == "cancelled"
+        assert http.post("/api/tasks", json={"type": "ClassificationTask"}).status_code == 201
+
+
+def test_a_failing_recipe_reports_its_error_and_the_trainer_keeps_serving(trainer_factory, workspace):
+    write_user_files(workspace, "recipes", {"user_recipes.py": USER_RECIPES})
+    trainer = trainer_factory()
+    with trainer.client() as http:
+        job = http.post("/api/recipes/Failing/run", json={}).json()
+        final = trainer.session.jobs.wait(job["id"], 120)
+        body = http.get(f"/api/jobs/{job['id']}").json()
+        assert final.status == body["status"] == "failed"
+        assert "the recipe broke here" in body["error"] and "user_recipes.py:" in body["error"]
+        assert [c["name"] for c in http.get("/api/checkpoints").json()] == ["before_failure"]
+        assert http.get("/api/state").json()["step"] == 5
+
+
+def test_bad_recipe_and_job_requests_are_4xx(live_trainer):
+    with live_trainer.client() as http:
+        assert http.post("/api/recipes/NoSuch/run", json={}).status_code == 404
+        assert http.post("/api/recipes/smoke/run", json={"params": {"x": 1}}).status_code == 422
+        assert http.post("/api/recipes/smoke/run", json={"other": 1}).status_code == 422
+        assert http.post("/api/recipes/..%2Fx/run", json={}).status_code in (404, 422)
+        assert http.get("/api/jobs/999").status_code == 404
+        assert http.post("/api/jobs/999/cancel").status_code == 404
+        assert http.get("/api/jobs").json() == []
+
+
+def test_fork_by_hand_starts_a_branch_from_a_checkpoint(live_trainer):
+    with live_trainer.client() as http:
+        http.post("/api/train", json={"action": "start", "steps": 3})
+        live_trainer.session.engine.call("stop")  # wait until the 3 steps are applied or stopped
+        base = http.post("/api/checkpoints", json={"name": "base"}).json()
+        state = http.post(f"/api/checkpoints/{base['id']}/fork", json={"name": "try-lr"}).json()
+        assert state["parent_checkpoint"] == base["id"] and state["step"] == base["step"]
+        child = http.post("/api/checkpoints", json={"name": "after"}).json()
+        assert child["parent"] == base["id"] and child["branch"] == "try-lr"
+        assert http.post(f"/api/checkpoints/{base['id']}/fork", json={"name": "a/b"}).status_code == 422
+        assert http.post("/api/checkpoints/nope/fork", json={"name": "x"}).status_code == 404
