@@ -97,10 +97,12 @@ class Checkpoint(BaseModel):
     name: str
     parent: str | None
     step: int
-    branch: str | None  # name of the run the checkpoint was saved from
+    branch: str | None  # the branch (fork or run name) the checkpoint was saved on
     metrics: dict[str, float | None]
     created: float
     run_id: int | None
+    tasks: list[dict[str, Any]] = Field(default_factory=list, description="task specs: type, name, weight, ...")
+    model: dict[str, Any] = Field(default_factory=dict, description="the model's config")
 
 
 # ---- requests ----------------------------------------------------------------------------------

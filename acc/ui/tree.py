@@ -1,0 +1,217 @@
+"""The checkpoint tree and the recipe runner panels (M1.95).
+
+The tree is drawn as a tree: each checkpoint under its parent, so forks from one parent show as
+sibling branches, each node with its step and key metrics. Select a node to load it or fork a new
+branch from it; tick two to see their differences side by side (tasks, loss weights, steps,
+metrics). The recipes panel runs a recipe as a job and follows its progress from the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nicegui import ui
+
+from acc.ui.actions import FAILED, act, fetch
+from acc.ui.link import Link
+
+KEY_METRICS = 2  # metrics shown on a node's line
+
+
+def key_metrics(metrics: dict[str, float | None]) -> str:
+    """The node's headline: evaluation metrics first (they are comparable), then losses."""
+    ranked = sorted((k for k, v in metrics.items() if v is not None), key=lambda k: (not k.startswith("eval/"), k))
+    return "  ".join(f"{k.removeprefix('eval/')}={metrics[k]:.4g}" for k in ranked[:KEY_METRICS])
+
+
+def tree_nodes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Quasar tree nodes from checkpoint rows: children under their parent, oldest first."""
+    nodes = {row["id"]: {"id": row["id"], "label": f"{row['name']} · step {row['step']:,}",
+                         "caption": " · ".join(filter(None, [row.get("branch") or "", key_metrics(row["metrics"])])),
+                         "children": []} for row in rows}
+    roots = []
+    for row in rows:
+        parent = nodes.get(row["parent"])
+        (parent["children"] if parent else roots).append(nodes[row["id"]])
+    return roots
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows `{field, a, b, same}` comparing two checkpoints: identity, tasks, weights, metrics."""
+    def task_line(task: dict[str, Any]) -> str:
+        state = "" if task.get("enabled", True) else " (disabled)"
+        return f"{task['type']} on {task['latent']}/{task['dataset']}, weight {task['weight']:g}{state}"
+
+    rows = [("step", a["step"], b["step"]), ("branch", a.get("branch"), b.get("branch")),
+            ("model", a.get("model", {}).get("name"), b.get("model", {}).get("name"))]
+    tasks_a = {t["name"]: task_line(t) for t in a.get("tasks", [])}
+    tasks_b = {t["name"]: task_line(t) for t in b.get("tasks", [])}
+    rows += [(f"task {name}", tasks_a.get(name, "—"), tasks_b.get(name, "—")) for name in sorted(tasks_a | tasks_b)]
+    metrics = sorted(set(a["metrics"]) | set(b["metrics"]))
+    rows += [(key, a["metrics"].get(key), b["metrics"].get(key)) for key in metrics]
+
+    def show(value: Any) -> str:
+        return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    return [{"field": field, "a": show(x), "b": show(y), "same": "" if x == y else "≠"} for field, x, y in rows]
+
+
+class CheckpointTree:
+    """The workspace's checkpoints as a tree, with save, load, fork and compare."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.rows: dict[str, dict[str, Any]] = {}
+        with ui.row().classes("full-width items-center"):
+            ui.label("Checkpoints").classes("acc-title")
+            ui.space()
+            self.name = ui.input(placeholder="name (optional)").props("dense").style("width: 9rem")
+            ui.button(icon="save", on_click=self.save).props("flat dense round").tooltip("save a checkpoint now")
+        self.tree = ui.tree([], node_key="id", label_key="label", tick_strategy="strict",
+                            on_select=lambda e: self._show_selection(), on_tick=lambda e: self._show_selection())
+        self.tree.props('data-role="checkpoint-tree" dense no-transition')
+        self.tree.add_slot("default-header", """
+            <div class="column" :data-node="props.node.id">
+              <span class="text-body2">{{ props.node.label }}</span>
+              <span class="acc-note">{{ props.node.caption }}</span>
+            </div>""")
+        with ui.row().classes("full-width items-center acc-gap-sm"):
+            self.selected = ui.label("select a node · tick two to compare").classes("acc-note")
+            ui.space()
+            self.load_button = ui.button("Load", icon="restore", on_click=self.load).props("flat dense")
+            self.fork_button = ui.button("Fork", icon="call_split", on_click=self.fork).props("flat dense")
+            self.compare_button = ui.button("Compare", icon="compare_arrows", on_click=self.compare).props("flat dense")
+        self._show_selection()
+
+    async def refresh(self) -> None:
+        rows = await fetch(self.link.client.checkpoints)
+        if rows is None:
+            return
+        self.rows = {row["id"]: row for row in rows}
+        self.tree.props["nodes"] = tree_nodes(rows)
+        self.tree.update()
+        self.tree.expand()
+        self._show_selection()
+
+    def _chosen(self) -> dict[str, Any] | None:
+        return self.rows.get(self.tree.props.get("selected"))
+
+    def _ticked(self) -> list[dict[str, Any]]:
+        return [self.rows[i] for i in self.tree.props.get("ticked", []) if i in self.rows]
+
+    def _show_selection(self) -> None:
+        chosen, ticked = self._chosen(), self._ticked()
+        self.selected.set_text(f"selected: {chosen['name']}" if chosen else "select a node · tick two to compare")
+        self.load_button.set_enabled(chosen is not None)
+        self.fork_button.set_enabled(chosen is not None)
+        self.compare_button.set_enabled(len(ticked) == 2)
+
+    async def save(self) -> None:
+        saved = await act("saving a checkpoint", self.link.client.save_checkpoint, self.name.value.strip() or None)
+        if saved is not FAILED:
+            ui.notify(f"checkpoint {saved['name']!r} saved at step {saved['step']:,}", type="positive")
+            self.name.set_value("")
+            await self.refresh()
+
+    async def load(self) -> None:
+        row = self._chosen()
+        if row is None:
+            return
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Load checkpoint {row['name']!r} (step {row['step']:,})? The current model, tasks and "
+                     "optimizer are replaced; save first to keep them.")
+            with ui.row().classes("full-width justify-end"):
+                ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat")
+                ui.button("Load", on_click=lambda: dialog.submit(True))
+        if await dialog and await act(f"loading {row['name']}", self.link.client.load_checkpoint,
+                                      row["id"]) is not FAILED:
+            ui.notify(f"checkpoint {row['name']!r} loaded", type="positive")
+        dialog.delete()
+
+    async def fork(self) -> None:
+        row = self._chosen()
+        if row is None:
+            return
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Fork a new branch from {row['name']!r} (step {row['step']:,}): training continues from its "
+                     "weights, tasks and optimizer; checkpoints you save become its children.")
+            branch = ui.input("branch name", value=f"{row['name']}-fork").props('data-role="fork-name"')
+            with ui.row().classes("full-width justify-end"):
+                ui.button("Cancel", on_click=lambda: dialog.submit(None)).props("flat")
+                ui.button("Fork", on_click=lambda: dialog.submit(branch.value.strip()))
+        name = await dialog
+        dialog.delete()
+        if name and await act(f"forking {row['name']}", self.link.client.fork_checkpoint, row["id"], name) is not FAILED:
+            ui.notify(f"branch {name!r} started from {row['name']!r}", type="positive")
+
+    def compare(self) -> None:
+        ticked = sorted(self._ticked(), key=lambda r: r["created"])
+        if len(ticked) != 2:
+            return
+        a, b = ticked
+        with ui.dialog() as dialog, ui.card().style("min-width: 40rem"):
+            ui.label(f"{a['name']}  vs  {b['name']}").classes("acc-title")
+            columns = [{"name": "field", "label": "", "field": "field", "align": "left"},
+                       {"name": "a", "label": a["name"], "field": "a", "align": "left"},
+                       {"name": "b", "label": b["name"], "field": "b", "align": "left"},
+                       {"name": "same", "label": "", "field": "same"}]
+            ui.table(columns=columns, rows=differences(a, b), row_key="field", pagination=0).props(
+                'dense flat data-role="compare"').classes("full-width")
+            ui.button("Close", on_click=dialog.close).props("flat")
+        dialog.on("hide", dialog.delete)
+        dialog.open()
+
+
+class RecipesPanel:
+    """Run a recipe as a job; its progress and outcome come from the `job` stream events."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.jobs: dict[str, dict[str, Any]] = {}
+        with ui.row().classes("full-width items-center"):
+            ui.label("Recipes").classes("acc-title")
+            ui.space()
+            self.choice = ui.select([], label="recipe").props('dense data-role="recipe-choice"').style("width: 12rem")
+            ui.button("Run", icon="play_arrow", on_click=self.run).props("flat dense")
+        self.box = ui.column().classes("full-width acc-gap-xs")
+
+    def set_registry(self, listing: dict[str, Any]) -> None:
+        self.choice.set_options([item["name"] for item in listing["items"]], value=self.choice.value)
+
+    async def load(self) -> None:
+        jobs = await fetch(self.link.client.jobs)
+        if jobs is not None:
+            self.jobs = {job["id"]: job for job in jobs if job["kind"] == "recipe"}
+            self._draw()
+
+    def show_job(self, job: dict[str, Any]) -> None:
+        if job["kind"] == "recipe":
+            self.jobs[job["id"]] = job
+            self._draw()
+
+    async def run(self) -> None:
+        if not self.choice.value:
+            ui.notify("choose a recipe first", type="warning")
+            return
+        job = await act(f"running {self.choice.value}", self.link.client.run_recipe, self.choice.value)
+        if job is not FAILED:
+            self.show_job(job)
+
+    def _draw(self) -> None:
+        self.box.clear()
+        with self.box:
+            for job in sorted(self.jobs.values(), key=lambda j: j["created"], reverse=True)[:5]:
+                with ui.row().classes("full-width items-center no-wrap").props(f'data-job="{job["id"]}"'):
+                    ui.label(job["name"]).classes("text-weight-medium")
+                    ui.label(job["status"]).props(f'data-role="job-status"')
+                    ui.linear_progress(job["progress"], show_value=False).style("flex: 1")
+                    if job["status"] in ("queued", "running"):
+                        ui.button(icon="stop", on_click=lambda j=job: self.cancel(j["id"])).props(
+                            "flat dense round size=sm").tooltip("cancel: checkpoints made so far stay")
+                    elif job["finished"]:
+                        ui.label(time.strftime("%H:%M:%S", time.localtime(job["finished"]))).classes("acc-note")
+                if job["error"]:
+                    ui.label(job["error"]).classes("text-negative text-caption acc-pre")
+
+    async def cancel(self, job_id: str) -> None:
+        await act("cancelling the job", self.link.client.cancel_job, job_id)
