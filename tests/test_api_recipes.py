@@ -75,3 +75,13 @@ def test_fork_by_hand_starts_a_branch_from_a_checkpoint(live_trainer):
         assert child["parent"] == base["id"] and child["branch"] == "try-lr"
         assert http.post(f"/api/checkpoints/{base['id']}/fork", json={"name": "a/b"}).status_code == 422
         assert http.post("/api/checkpoints/nope/fork", json={"name": "x"}).status_code == 404
+
+
+def test_the_learning_rate_is_set_between_steps(live_trainer):
+    with live_trainer.client() as http:
+        assert http.put("/api/lr", json={"lr": 3e-4}).json()["lr"] == 3e-4
+        assert all(g["lr"] == 3e-4 for g in live_trainer.session.engine.optimizer.param_groups)
+        for bad in (0, -1, 11, "x", None):
+            response = http.put("/api/lr", json={"lr": bad})
+            assert response.status_code == 422 and response.json()["detail"]
+        assert http.get("/api/state").json()["lr"] == 3e-4

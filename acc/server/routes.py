@@ -28,7 +28,7 @@ from acc.engine.recipes import start_recipe_job
 from acc.engine.session import Session
 from acc.server.images import grid_png
 from acc.server.schemas import (TASK_NAME, Checkpoint, CheckpointCreate, Error, EvalResult, ForkRequest, Health, Job,
-                                Metrics, RecipeRun, RegistryListing, Run, State, TaskCreate, TaskState, TaskUpdate,
+                                LearningRate, Metrics, RecipeRun, RegistryListing, Run, State, TaskCreate, TaskState, TaskUpdate,
                                 TrainRequest)
 from acc.server.stream import Broadcaster
 
@@ -139,6 +139,14 @@ def train(body: TrainRequest, session: SessionDep) -> State:
         return full_state(engine)
 
 
+@router.put("/lr", response_model=State, dependencies=Manual)
+def set_lr(body: LearningRate, session: SessionDep) -> State:
+    """Set the learning rate, applied between two steps."""
+    with engine_errors():
+        session.engine.set_lr(body.lr)
+        return full_state(session.engine)
+
+
 @router.get("/registry/{kind}", response_model=RegistryListing)
 def registry(kind: Literal["tasks", "generators", "recipes"], session: SessionDep) -> RegistryListing:
     source = getattr(session, kind)
@@ -178,12 +186,14 @@ def metrics(
     until: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step (inclusive)")] = None,
     max_points: Annotated[int, Query(ge=3, le=20_000, description="per series, downsampled beyond")] = 2000,
     run: Annotated[int | None, Query(ge=1, le=MAX_STEP, description="a run id; the current run when absent")] = None,
-) -> Metrics:
+) -> Response:
     wanted = [key for key in keys.split(",") if key] if keys else []
     run_id = _run_id(session, run)
     with engine_errors():
         session.store.flush()  # read all the engine has logged so far, not just what the writer committed
-        return Metrics(series=session.store.query_metrics(run_id, wanted or None, since, until, max_points))
+        series = session.store.query_metrics(run_id, wanted or None, since, until, max_points)
+    # pydantic's own JSON encoder: FastAPI's generic one costs most of the time on long series
+    return Response(Metrics(series=series).model_dump_json(), media_type="application/json")
 
 
 @router.get("/runs", response_model=list[Run])

@@ -111,6 +111,10 @@ class TrainRequest(Request):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="for start: steps to train (none: until stopped)")
 
 
+class LearningRate(Request):
+    lr: float = Field(..., gt=0, le=10, allow_inf_nan=False, description="for every parameter group")
+
+
 class TaskCreate(Request):
     type: str = Field(..., pattern=TYPE_NAME, description="a task class name from /api/registry/tasks")
     name: str | None = Field(None, pattern=TASK_NAME)

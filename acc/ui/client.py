@@ -74,6 +74,9 @@ class TrainerClient:
         body = {"action": action} | ({"steps": steps} if steps is not None else {})
         return self._json("POST", "/api/train", json=body)
 
+    def set_lr(self, lr: float) -> dict:
+        return self._json("PUT", "/api/lr", json={"lr": lr})
+
     def registry(self, kind: str = "tasks") -> dict:
         return self._json("GET", f"/api/registry/{kind}")
 

@@ -1,0 +1,234 @@
+"""The dashboard page, and `run_dashboard`, which serves it (`acc ui`, `acc up`).
+
+One `Link` per process reads the trainer's events; every open page is a `Dashboard` that pulls
+what is new from the link four times a second (`tick`) and applies it as one batch: metric points
+to the charts, state to the status bar and task rows, evaluations to the metrics table, registry
+changes to the [+ Task] dialog, the recipes and the errors panel, jobs to the recipes, checkpoint
+events to the checkpoint tree. After a (re)connection, or when the trainer starts a new run, the
+page fetches everything again from the API, so what it shows always comes from the trainer's
+store, across page reloads and trainer restarts (earlier runs: the run picker above the curves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nicegui import app, background_tasks, ui
+
+from acc.ui.actions import fetch
+from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid
+from acc.ui.link import Link, metric_points
+from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
+from acc.ui.status import Banner, StatusBar
+from acc.ui.tasks_panel import TasksPanel
+from acc.ui.tree import CheckpointTree, RecipesPanel
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25  # how often a page applies new events: a new step shows in well under a second
+RECON_EVERY_S = 10.0
+CHECKPOINT_EVENTS = {"checkpoint", "checkpoint_loaded"}  # a fork is a load into a new branch
+
+# The page's own few styles; everything else is Quasar's classes. NiceGUI's Tailwind is off: its
+# in-browser compiler costs a noticeable part of the first draw.
+STYLE = """
+.acc-layout { gap: 1rem; padding: 0 .5rem; }
+.acc-main { flex: 1 1 0; min-width: 0; }
+.acc-side { width: 30rem; flex-shrink: 0; gap: 1rem; }
+.acc-grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: .5rem; width: 100%; }
+.acc-chart { width: 100%; height: 13rem; }
+.acc-title { font-size: 1.1rem; font-weight: 500; }
+.acc-note { font-size: .75rem; color: #757575; }
+.acc-num { font-variant-numeric: tabular-nums; }
+.acc-mono { font-family: monospace; }
+.acc-pre { white-space: pre-wrap; }
+.acc-gap-0 { gap: 0; }
+.acc-gap-xs { gap: .25rem; }
+.acc-gap-sm { gap: .5rem; }
+@media (max-width: 1023px) { .acc-layout { flex-wrap: wrap; } .acc-side { width: 100%; } }
+@media (max-width: 767px) { .acc-grid { grid-template-columns: minmax(0, 1fr); } }
+"""
+
+
+class Dashboard:
+    """One open page."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.generation: int | None = None  # the link generation this page has loaded
+        self.cursor = 0
+        self.run_id: int | None = None
+        self.state: dict[str, Any] | None = None
+        self._retry_at = 0.0
+        self._build()
+        # Load while the browser starts the page: the history is there when it connects.
+        self._first_load = background_tasks.create(self.reload(), name="acc-load") \
+            if link.connection.status == "connected" else None
+        ui.timer(TICK_S, self.tick)
+
+    # ---- layout ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        ui.add_css(STYLE)
+        ui.add_head_html(CHARTS_JS)
+        ui.page_title("ACC")
+        with ui.header().classes("bg-blue-grey-10 q-px-md q-py-sm"):
+            self.status = StatusBar(self.link, self._save_checkpoint)
+        self.banner = Banner(self.link)
+        with ui.row().classes("acc-layout full-width items-start no-wrap"):
+            with ui.column().classes("acc-main acc-gap-sm"):
+                self._build_charts()
+            with ui.column().classes("acc-side"):
+                self.tasks = TasksPanel(self.link)
+                with ui.card().classes("full-width"):
+                    self.recon = ReconstructionPanel(self.link)
+                with ui.card().classes("full-width"):
+                    self.evals = EvalPanel(self.link)
+                with ui.card().classes("full-width"):
+                    self.checkpoints = CheckpointTree(self.link)
+                with ui.card().classes("full-width"):
+                    self.recipes = RecipesPanel(self.link)
+                with ui.card().classes("full-width"):
+                    self.registry_errors = RegistryErrorsPanel()
+
+    def _build_charts(self) -> None:
+        with ui.row().classes("full-width items-center"):
+            ui.label("Curves").classes("acc-title")
+            ui.label("smoothing")
+            # Smoothing and log scale are drawn in the browser: no round trip, nothing re-sent.
+            ui.slider(min=0, max=0.99, step=0.01, value=SMOOTHING).style("width: 10rem").props("label").on(
+                "update:model-value", js_handler="(v) => accCharts.restyle({smoothing: v})")
+            ui.switch("log scale").on("update:model-value", js_handler="(v) => accCharts.restyle({log: v})")
+            ui.space()
+            # Past runs stay in the store: after a trainer restart (a new run) the old curves are one click away.
+            self.runs = ui.select({}, label="run", on_change=self._view_run).props("dense").style("width: 16rem")
+        sections = {}
+        for name, title in (("loss", "Losses"), ("eval", "Evaluation")):
+            ui.label(title).classes("text-body2 text-grey-7")
+            sections[name] = ui.element().classes("acc-grid")
+        with ui.expansion("Training (lr, samples/s, gradient norm)").classes("full-width"):
+            sections["other"] = ui.element().classes("acc-grid")
+        self.charts = ChartGrid(sections, self.link.client.metrics, self.link.keys)
+
+    async def _save_checkpoint(self) -> None:
+        await self.checkpoints.save()
+
+    async def _refresh_runs(self) -> None:
+        runs = await fetch(self.link.client.runs)
+        if runs is not None:
+            live = self.link.state["run_id"] if self.link.state else None
+            labels = {run["id"]: f"{run['id']} · {run['name']}" + (" (live)" if run["id"] == live else "")
+                      for run in runs}
+            self.runs.set_options(labels, value=self.charts.run or live)
+
+    async def _view_run(self, event: Any) -> None:
+        live = self.link.state["run_id"] if self.link.state else None
+        run = None if event.value in (None, live) else event.value  # None: the trainer's run, live
+        if run != self.charts.run:
+            self.charts.run = run
+            await self.charts.load()
+
+    # ---- keeping up with the trainer -------------------------------------------------------------
+    async def tick(self) -> None:
+        connection = self.link.connection
+        self.banner.show(connection)
+        if connection.status != "connected" or time.monotonic() < self._retry_at:
+            return
+        if self._first_load is not None and not self._first_load.done():
+            return
+        if self.generation != self.link.generation:
+            await self.reload()
+            return
+        self.cursor, events, complete = self.link.events_since(self.cursor)
+        if not complete:  # this page fell too far behind: the store has what it missed
+            await self.charts.load()
+        self._apply(events)
+        self._show_state()
+        for key in await self.charts.flush():
+            background_tasks.create(self.charts.load([key]), name="acc-refetch")
+        training = self.state is not None and self.state["status"] == "running"
+        if training and time.monotonic() - self.recon.fetched_at > RECON_EVERY_S:
+            await self.recon.refresh()
+
+    async def reload(self) -> None:
+        """Everything again from the API: on open, after a reconnection, for a new run."""
+        generation, self.cursor = self.link.generation, self.link.cursor  # events after this apply on top
+        try:
+            self._show_state()
+            await asyncio.gather(self.charts.load(), self.evals.load(), self.checkpoints.refresh(),
+                                 self.recipes.load(), self._refresh_runs(), self.recon.refresh(),
+                                 *map(self._refresh_registry, REGISTRY_KINDS))
+        except Exception:  # never let one bad answer take the page down; try again shortly
+            log.exception("dashboard reload failed")
+            self._retry_at = time.monotonic() + 2
+            return
+        self.generation = generation
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        latest: dict[str, float] = {}
+        for event in events:
+            kind, data = event["event"], event["data"]
+            if kind == "metrics":
+                for step, values in metric_points(data):
+                    self.charts.add(step, values)
+                    latest.update(values)
+            elif kind == "eval":
+                self.charts.add(data["step"], {f"eval/{task}/{metric}": value
+                                               for task, metrics in data["results"].items()
+                                               for metric, value in metrics.items()})
+                self.evals.add(data)
+                background_tasks.create(self.recon.refresh(), name="acc-recon")
+            elif kind == "state" and data.get("kind") in CHECKPOINT_EVENTS:
+                background_tasks.create(self.checkpoints.refresh(), name="acc-checkpoints")
+            elif kind == "registry":
+                background_tasks.create(self._refresh_registry(data["kind"]), name="acc-registry")
+            elif kind == "job":
+                self.recipes.show_job(data)
+            elif kind == "error":
+                ui.notify(data["message"], type="warning", multi_line=True, close_button=True)
+        if latest:
+            self.tasks.show_losses(latest)
+
+    def _show_state(self) -> None:
+        state = self.link.state
+        if state is None or state is self.state:
+            return
+        previous, self.state = self.state, state
+        self.status.show(state)
+        if previous is None or state["tasks"] is not previous["tasks"]:
+            self.tasks.sync(state)
+        if self.run_id is not None and state["run_id"] != self.run_id:  # a checkpoint was loaded
+            self.generation = None  # the next tick fetches the new run's history
+        self.run_id = state["run_id"]
+
+    async def _refresh_registry(self, kind: str) -> None:
+        self._show_registry(kind, await fetch(self.link.client.registry, kind))
+
+    def _show_registry(self, kind: str, listing: dict[str, Any] | None) -> None:
+        if listing is None:
+            return
+        self.registry_errors.show(kind, listing["errors"])
+        if kind == "tasks":
+            self.tasks.dialog.set_registry(listing)
+        elif kind == "recipes":
+            self.recipes.set_registry(listing)
+
+
+def dashboard_page(link: Link) -> Callable[[], None]:
+    """The root page function for `ui.run`: a new `Dashboard` per visit."""
+    def page() -> None:
+        Dashboard(link)
+    return page
+
+
+def run_dashboard(trainer_url: str, token: str | None, host: str = "127.0.0.1", port: int = 8080,
+                  show: bool = False) -> None:
+    """Serve the dashboard for the trainer at `trainer_url` until interrupted."""
+    link = Link(trainer_url, token)
+    app.on_startup(link.start)
+    app.on_shutdown(link.stop)
+    ui.run(dashboard_page(link), host=host, port=port, show=show, reload=False, title="ACC",
+           favicon="◆", show_welcome_message=False, tailwind=False)

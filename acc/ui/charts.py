@@ -1,0 +1,288 @@
+"""Live metric curves: one ECharts chart per metric key, raw points faint, smoothed curve solid.
+
+The points never sit in the charts' NiceGUI options (Vue would watch every one of them, and any
+change would re-send the whole chart): they go to the browser's `accCharts` (`CHARTS_JS`), which
+keeps them beside each ECharts instance. A chart's history, downsampled by the server (min/max/
+last per bucket, so spikes stay), goes with `set`; after that only new points cross the
+websocket: the points of one flush, thinned to their min, max and last per key, go to every chart
+in ONE `append`, which the browser answers once it has taken them, so a slow tab gets bigger
+batches rather than a growing backlog. Smoothing and the log scale are applied in the browser:
+moving the slider redraws at once and sends nothing. A live series that grows past `RELOAD_AT`
+points is fetched again, downsampled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+from nicegui import run, ui
+
+log = logging.getLogger(__name__)
+
+MAX_POINTS = 2000  # per series, asked of the server on load
+RELOAD_AT = 2 * MAX_POINTS
+BROWSER_WAIT_S = 5.0
+SMOOTHING = 0.6  # TensorBoard's default
+
+# The browser half. Each chart's raw points live in a plain array beside its ECharts instance; the
+# smoothed curve is derived from them exactly as TensorBoard does (`ema`). Points for a chart that
+# has not mounted yet wait. Only charts on screen redraw (one lazy setOption each), the others when
+# scrolled into view. `summary()` tells tests and the benchmark what each chart holds and has drawn.
+CHARTS_JS = """
+<script>
+window.accCharts = {
+  smoothing: %(smoothing)s,
+  log: false,
+  pending: new Map(),
+  onScreen: new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const el = getElement(entry.target.id.slice(1));
+      if (!el) continue;
+      el.accVisible = entry.isIntersecting;
+      if (el.accVisible && el.accStale) accCharts.draw(el);
+    }
+  }),
+  // Debiased exponential moving average: last = last*w + (1-w)*v; shown = last / (1 - w**i).
+  ema(values, weight, state = {last: 0, count: 0}) {
+    return values.map((v) => {
+      if (!Number.isFinite(v)) return v;
+      state.last = state.last * weight + (1 - weight) * v;
+      state.count += 1;
+      return state.last / (1 - weight ** state.count);
+    });
+  },
+  smoothed(points, s) {
+    const values = this.ema(points.map((p) => p[1]), this.smoothing, s.ema);
+    return points.map((p, i) => [p[0], values[i]]);
+  },
+  resmooth(s) {
+    s.ema = {last: 0, count: 0};
+    s.smooth = this.smoothing ? this.smoothed(s.raw, s) : [];
+  },
+  // A chart's whole series; `keepNewer` keeps the points it already has past the new ones' end
+  // (a series fetched again while live points kept coming).
+  set(batches, keepNewer = false) { this.queue(batches, {reset: true, keepNewer}); },
+  append(batches) { this.queue(batches, {reset: false}); },
+  queue(batches, how) {
+    for (const [id, points] of Object.entries(batches)) {
+      if (!this.pending.has(id)) this.pending.set(id, {since: Date.now(), ops: []});
+      this.pending.get(id).ops.push({...how, points});
+    }
+    this.drain();
+  },
+  element(id) {
+    try { return getElement(id); } catch { return undefined; }  // NiceGUI has not mounted the page yet
+  },
+  adopt(el) {
+    el.accData = {raw: [], smooth: [], ema: null};
+    const update = el.update_chart;
+    el.update_chart = () => { update(); this.draw(el); };  // NiceGUI re-applied its options: redraw the points
+    this.onScreen.observe(el.$el);
+  },
+  drain() {
+    for (const [id, entry] of this.pending) {
+      const el = this.element(id);
+      if (!el?.chart) {  // not mounted yet, or gone for good
+        if (Date.now() - entry.since > 30000) this.pending.delete(id);
+        continue;
+      }
+      if (!el.accData) this.adopt(el);
+      const s = el.accData;
+      for (const {reset, keepNewer, points} of entry.ops) {
+        if (reset) {
+          const end = points.length ? points[points.length - 1][0] : -Infinity;
+          s.raw = keepNewer ? points.concat(s.raw.filter((p) => p[0] > end)) : points;
+          this.resmooth(s);
+        } else {
+          s.raw.push(...points);
+          if (this.smoothing) s.smooth.push(...this.smoothed(points, s));
+        }
+      }
+      this.drawOrDefer(el);
+      this.pending.delete(id);
+    }
+    if (this.pending.size && !this.retry) this.retry = setTimeout(() => { this.retry = null; this.drain(); }, 50);
+  },
+  draw(el) {
+    const s = el.accData;
+    el.accStale = false;
+    el.accDrawn = s.raw.length;
+    el.chart.setOption({
+      yAxis: {type: this.log ? "log" : "value"},
+      series: [{data: s.raw, lineStyle: {opacity: this.smoothing ? 0.3 : 1}}, {data: s.smooth}],
+    }, {lazyUpdate: true});
+  },
+  drawOrDefer(el) {
+    if (el.accVisible === false) el.accStale = true;
+    else this.draw(el);  // on screen, or not known yet (just mounted)
+  },
+  charts() {
+    const nodes = [...document.querySelectorAll(".acc-chart")];
+    return nodes.map((n) => this.element(n.id.slice(1))).filter((el) => el?.accData);
+  },
+  restyle(style) {
+    Object.assign(this, style);
+    for (const el of this.charts()) {
+      this.resmooth(el.accData);
+      this.drawOrDefer(el);
+    }
+  },
+  summary() {
+    const out = {};
+    for (const el of this.charts()) {
+      const raw = el.accData.raw;
+      out[el.$el.dataset.key] = {points: raw.length, drawn: el.accDrawn || 0,
+                                 lastStep: raw.length ? raw[raw.length - 1][0] : null};
+    }
+    return out;
+  },
+};
+</script>
+""" % {"smoothing": SMOOTHING}
+
+Points = list[tuple[int, float]]
+
+
+def _round(value: float) -> float:
+    """Six significant digits: indistinguishable on a chart, a third of the bytes."""
+    return float(f"{value:.6g}") if math.isfinite(value) else value
+
+
+def order(key: str) -> tuple:
+    """Charts sort loss/total first, then the other losses, then evaluation, then the rest."""
+    rank = 0 if key == "loss/total" else 1 if key.startswith("loss/") else 2 if key.startswith("eval/") else 3
+    return rank, key
+
+
+def section_of(key: str) -> str:
+    return {0: "loss", 1: "loss", 2: "eval"}.get(order(key)[0], "other")
+
+
+def thin(points: Points) -> Points:
+    """The min, the max and the last of a run of points, in step order (spikes survive)."""
+    if len(points) <= 3:
+        return points
+    finite = [p for p in points if math.isfinite(p[1])] or points
+    keep = {min(finite, key=lambda p: p[1]), max(finite, key=lambda p: p[1]), points[-1]}
+    return sorted(keep, key=lambda p: p[0])
+
+
+def _options(key: str) -> dict:
+    """Everything but the points."""
+    sparse = key.startswith("eval/")  # a few points: show them
+    line = {"type": "line", "data": [], "showSymbol": sparse, "symbolSize": 4, "sampling": "lttb"}
+    return {
+        "animation": False,
+        "title": {"text": key, "textStyle": {"fontSize": 12, "fontWeight": "normal"}},
+        "grid": {"left": 56, "right": 16, "top": 30, "bottom": 28},
+        "tooltip": {"trigger": "axis"},
+        "xAxis": {"type": "value", "min": "dataMin", "max": "dataMax"},
+        "yAxis": {"type": "value", "scale": True},
+        "series": [{**line, "name": "raw", "color": "#64b5f6", "lineStyle": {"width": 1}},
+                   {**line, "name": "smoothed", "color": "#1565c0", "lineStyle": {"width": 2}}],
+    }
+
+
+class MetricChart:
+    """The chart of one metric key; remembers how much it has been sent."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.count, self.last_step = 0, None
+        self.element = ui.echart(_options(key)).classes("acc-chart").props(f'data-key="{key}"')
+
+    def took(self, points: Points) -> None:
+        """Points appended."""
+        self.count += len(points)
+        self.last_step = points[-1][0] if points else self.last_step
+
+    def reset(self, points: Points, keep_newer: bool) -> None:
+        """The series sent whole (see `accCharts.set`)."""
+        self.count = len(points)
+        ends = [points[-1][0]] if points else []
+        if keep_newer and self.last_step is not None:
+            ends.append(self.last_step)
+        self.last_step = max(ends, default=None)
+
+
+class ChartGrid:
+    """All metric charts of a page, in sections; new keys get a chart when their first point comes."""
+
+    def __init__(self, sections: dict[str, ui.element], fetch: Callable[..., dict], keys: Iterable[str]) -> None:
+        """Charts for `keys` right away, without their points: the page's first response then
+        brings the chart code along, and the history follows as soon as it is loaded."""
+        self.sections = sections
+        self.fetch = fetch  # TrainerClient.metrics, called in a worker thread
+        self.client = ui.context.client  # loads also run from background tasks, outside any UI context
+        self.charts: dict[str, MetricChart] = {}
+        self.run: int | None = None  # the run shown: None for the trainer's current one, live
+        self._pending: dict[str, Points] = {}
+        with sections["loss"]:
+            self.empty = ui.label("No curves in this run yet: add a task and press Start, or pick an earlier run.")
+            self.empty.classes("text-grey-7")
+        for key in sorted(keys, key=order):
+            self._chart(key)
+
+    def _chart(self, key: str) -> MetricChart:
+        if key not in self.charts:
+            with self.sections[section_of(key)]:
+                self.charts[key] = MetricChart(key)
+            self.empty.set_visibility(False)
+        return self.charts[key]
+
+    async def load(self, keys: list[str] | None = None) -> None:
+        """Fetch history (downsampled) and send it: for every key anew, or for the given ones."""
+        series = await run.io_bound(self.fetch, keys=keys, max_points=MAX_POINTS, run=self.run)
+        if series is None:  # NiceGUI is shutting down
+            return
+        if keys is None:  # charts of keys without points in this run go
+            for key in [k for k in self.charts if not series.get(k, {}).get("step")]:
+                self.charts.pop(key).element.delete()
+            self.empty.set_visibility(not any(s["step"] for s in series.values()))
+        batches, keep_newer = {}, keys is not None  # fetched again: live points past its end stay
+        for key in sorted(series, key=order):
+            points = [(s, _round(v)) for s, v in zip(series[key]["step"], series[key]["value"])]
+            if points or key in self.charts:
+                chart = self._chart(key)
+                chart.reset(points, keep_newer)
+                batches[chart.element.id] = points
+        if batches:  # not awaited: before the browser connects, this waits for it in NiceGUI's outbox
+            self.client.run_javascript(f"accCharts.set({_json(batches)}, {json.dumps(keep_newer)})")
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        """Queue one step's values of the live run; sent with the next `flush`."""
+        if self.run is not None:
+            return
+        for key, value in values.items():
+            self._pending.setdefault(key, []).append((step, value))
+
+    async def flush(self) -> list[str]:
+        """Send what was queued, in one message, and wait until the browser has taken it. Returns
+        the keys whose series have grown long enough to be fetched again, downsampled."""
+        fresh, appended, too_long = {}, {}, []
+        for key, points in sorted(self._pending.items(), key=lambda item: order(item[0])):
+            chart = self.charts.get(key)
+            if chart is not None and chart.last_step is not None:  # history fetched since may hold them
+                points = [p for p in points if p[0] > chart.last_step]
+            if not points:
+                continue
+            points = [(s, _round(v)) for s, v in thin(sorted(points))]
+            (appended if chart is not None else fresh)[self._chart(key).element.id] = points
+            self.charts[key].took(points)
+            if self.charts[key].count > RELOAD_AT:
+                too_long.append(key)
+        self._pending.clear()
+        if fresh or appended:
+            try:
+                await self.client.run_javascript(
+                    f"accCharts.set({_json(fresh)}); accCharts.append({_json(appended)})", timeout=BROWSER_WAIT_S)
+            except TimeoutError:  # a busy or vanished tab: carry on, NiceGUI keeps the message
+                log.debug("the browser took more than %s s to take a batch of points", BROWSER_WAIT_S)
+        return too_long
+
+
+def _json(batches: dict[int, Points]) -> str:
+    return json.dumps(batches, separators=(",", ":"))

@@ -1,0 +1,217 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real trainer.
+
+The dashboard runs as `acc ui` in a subprocess; what the page shows is read from the ECharts
+instances (`accCharts.summary()`), what it did from the trainer's API. No fixed sleeps: Playwright
+waits for conditions, and checks on the trainer poll until a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from acc.ui.client import TrainerClient
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+WAIT_MS = 30_000
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def run_dashboard_process(trainer_url: str, token: str | None = None) -> Iterator[str]:
+    """`acc ui` in a subprocess on a free port; yields its URL once it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "acc", "ui", "--trainer", trainer_url, "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # else NiceGUI thinks it is a test
+    if token:
+        env["ACC_TOKEN"] = token
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the dashboard did not start:\n{log.read().decode(errors='replace')}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def charts(page: Page) -> dict[str, dict[str, Any]]:
+    """{metric key: {"points", "lastStep"}} as the page's charts hold them."""
+    return page.evaluate("accCharts.summary()")
+
+
+def wait_for_chart(page: Page, key: str, condition: str = "points > 0", timeout: int = WAIT_MS) -> dict[str, Any]:
+    """Wait until the chart of `key` satisfies `condition` (a JS expression over points, lastStep)."""
+    page.wait_for_function(
+        f"() => {{ const c = window.accCharts && accCharts.summary()[{key!r}];"
+        f" if (!c) return false; const {{points, lastStep}} = c; return {condition}; }}", timeout=timeout)
+    return charts(page)[key]
+
+
+def eventually(check: Callable[[], Any], timeout: float = WAIT_MS / 1000) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {check}")
+        time.sleep(0.05)
+    return result
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def dashboard(live_trainer) -> Iterator[tuple[str, TrainerClient]]:
+    """The URL of a dashboard on a trainer, and a client to check on the trainer."""
+    with TrainerClient(live_trainer.base_url) as client, run_dashboard_process(live_trainer.base_url) as url:
+        yield url, client
+
+
+@pytest.fixture
+def training(dashboard) -> Iterator[tuple[str, TrainerClient]]:
+    """The same, training."""
+    url, client = dashboard
+    client.train("start")
+    yield url, client
+    client.train("stop")
+
+
+def task_weight(client: TrainerClient, name: str) -> float:
+    return next(t["weight"] for t in client.state()["tasks"] if t["name"] == name)
+
+
+def test_curves_are_drawn_grow_live_and_survive_a_reload(training, page):
+    url, client = training
+    page.goto(url)
+    first = wait_for_chart(page, "loss/total")
+    wait_for_chart(page, "loss/reconstruction_task")
+    later = wait_for_chart(page, "loss/total", f"lastStep > {first['lastStep']} + 5")
+    assert later["points"] > first["points"]
+
+    # A step the trainer has made shows in the browser within a second (plus slack for a busy CI box).
+    step = client.state()["step"]
+    started = time.monotonic()
+    wait_for_chart(page, "loss/total", f"lastStep >= {step}", timeout=3000)
+    assert time.monotonic() - started < 1.5
+
+    page.reload()  # the history comes back from the trainer's store
+    assert wait_for_chart(page, "loss/total", f"lastStep >= {later['lastStep']}")["points"] >= later["points"] * 0.5
+
+
+def test_weight_slider_reaches_the_trainer(training, page):
+    url, client = training
+    page.goto(url)
+    row = page.locator('[data-task="reconstruction_task"]')
+    slider = row.locator('[data-role="weight-slider"]')
+    expect(slider).to_be_visible(timeout=WAIT_MS)
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)  # about 3 on the 0..10 slider
+    shown = row.locator('input[data-role="weight-number"]')
+    expect(shown).not_to_have_value("1", timeout=WAIT_MS)
+    weight = eventually(lambda: (w := task_weight(client, "reconstruction_task")) != 1.0 and w)
+    assert 2 <= weight <= 4
+    expect(shown).to_have_value(f"{weight:.3g}", timeout=WAIT_MS)  # the trainer has what the page shows
+
+
+def test_adding_a_task_from_the_dialog_makes_its_curve_appear(training, page):
+    url, client = training
+    page.goto(url)
+    wait_for_chart(page, "loss/total")
+    page.locator('[data-role="open-add-task"]').click()
+    page.locator('[data-field="type"]').click()
+    page.get_by_role("option", name="ClassificationTask").click()
+    page.locator('input[data-field="name"]').fill("digit_probe")
+    page.locator('[data-role="add-task"]').click()
+    expect(page.locator('[data-task="digit_probe"]')).to_be_visible(timeout=WAIT_MS)
+    assert any(t["name"] == "digit_probe" for t in client.state()["tasks"])
+    wait_for_chart(page, "loss/digit_probe", "points > 2")
+
+
+def test_smoothing_is_tensorboards_debiased_ema(dashboard, page):
+    url, _ = dashboard
+    page.goto(url)
+    values, weight = [1.0, 3.0, 2.0, math.nan, 5.0], 0.6
+    expected, last, count = [], 0.0, 0
+    for value in values:
+        if math.isfinite(value):
+            count += 1
+            last = last * weight + (1 - weight) * value
+            value = last / (1 - weight ** count)
+        expected.append(value)
+    page.wait_for_function("() => window.accCharts")
+    smoothed = page.evaluate("([v, w]) => accCharts.ema(v, w)", [values, weight])
+    assert smoothed[0] == 1.0  # debiased: the first point is not pulled towards zero
+    assert smoothed[:3] == pytest.approx(expected[:3]) and smoothed[4] == pytest.approx(expected[4])
+    assert math.isnan(smoothed[3])  # passed through, not averaged in
+    assert page.evaluate("([v]) => accCharts.ema(v, 0)", [values[:3]]) == values[:3]
+
+
+def test_running_smoke_from_the_dashboard_grows_the_checkpoint_tree(dashboard, page):
+    url, client = dashboard
+    page.goto(url)
+    tree = page.locator('[data-role="checkpoint-tree"]')
+    expect(tree).to_be_visible(timeout=WAIT_MS)
+    page.locator('[data-role="recipe-choice"]').click()
+    page.get_by_role("option", name="Smoke", exact=True).click()
+    page.get_by_role("button", name="Run").click()
+    job = page.locator('[data-job]').first
+    expect(job.locator('[data-role="job-status"]')).to_have_text("done", timeout=120_000)
+    for name in ("smoke_base", "smoke_recon", "smoke_digit"):
+        expect(tree.get_by_text(f"{name} · step")).to_be_visible(timeout=WAIT_MS)
+    nodes = {c["name"]: c for c in client.checkpoints()}
+    base = nodes["smoke_base"]["id"]
+    # The forks are drawn inside their parent's node: branches, not a flat list.
+    parent = page.locator(f'[data-node="{base}"]').locator(
+        "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' q-tree__node ')][1]")
+    expect(parent.get_by_text("smoke_digit · step")).to_be_visible()
+    assert nodes["smoke_digit"]["parent"] == base == nodes["smoke_recon"]["parent"]

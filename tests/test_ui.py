@@ -1,0 +1,198 @@
+"""The dashboard's page logic against a real trainer, through NiceGUI's simulated user (no browser).
+
+Each test starts a trainer (tests.server_fixtures), a `Link` to it and a simulated page; what the
+page did is checked on the trainer itself (`TrainerClient.state`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from nicegui.testing.user import User
+from nicegui.testing.user_simulation import user_simulation
+
+from acc.engine.session import Session
+from acc.server.app import create_app, make_server
+from acc.ui.app import dashboard_page
+from acc.ui.charts import thin
+from acc.ui.client import TrainerClient
+from acc.ui.forms import SchemaForm
+from acc.ui.link import Link
+from tests.conftest import write_user_tasks
+
+WAIT_S = 30
+
+
+async def eventually(check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    """Poll `check` (off the event loop, it may do HTTP) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {check}")
+        await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def dashboard(url: str, token: str | None = None) -> AsyncIterator[User]:
+    """A simulated browser tab on a dashboard for the trainer at `url`."""
+    link = Link(url, token)
+    link.start()
+    try:
+        async with user_simulation(root=dashboard_page(link)) as user:
+            user.javascript_rules[re.compile(r"accCharts\.")] = lambda _: None  # the browser's answer
+            await user.open("/")
+            yield user
+    finally:
+        await asyncio.to_thread(link.stop)
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(caplog):
+    """An exception in a page handler is only logged by NiceGUI: make it fail the test."""
+    yield
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def task_state(client: TrainerClient, name: str) -> dict | None:
+    return next((t for t in client.state()["tasks"] if t["name"] == name), None)
+
+
+# ---- pure logic ------------------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_schema_form_reads_each_kind_of_parameter():
+    schema = {"properties": {
+        "n": {"type": "integer", "default": 3}, "x": {"type": "number"}, "flag": {"type": "boolean"},
+        "mode": {"enum": ["a", "b"], "default": "a"}, "tags": {"type": "array", "items": {"type": "number"}},
+        "extra": {"type": "object"}, "label": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+    }, "required": ["x"]}
+    forms: list[SchemaForm] = []
+    async with user_simulation(root=lambda: forms.append(SchemaForm(schema))) as user:
+        await user.open("/")
+        form = forms[0]
+        with pytest.raises(ValueError, match="x: required"):
+            form.values()
+        values = {"x": 1.5, "tags": "1, 2.5", "extra": '{"a": 1}'}
+        for field in form.fields:
+            field.input.value = values.get(field.name, field.input.value)
+        assert form.values() == {"n": 3, "x": 1.5, "flag": False, "mode": "a", "tags": [1.0, 2.5], "extra": {"a": 1}}
+
+
+def test_thin_keeps_min_max_and_last_in_step_order():
+    points = [(1, 5.0), (2, 9.0), (3, 1.0), (4, 4.0), (5, 3.0)]
+    assert thin(points) == [(2, 9.0), (3, 1.0), (5, 3.0)]
+    assert thin(points[:2]) == points[:2]
+
+
+# ---- the page against a real trainer ----------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_status_shows_the_step_after_training_from_the_start_button(live_trainer):
+    async with dashboard(live_trainer.base_url) as user:
+        await user.should_see("reconstruction_task", retries=100)
+        user.find(marker="steps").type("12")
+        user.find(marker="start").click()
+        with TrainerClient(live_trainer.base_url) as client:
+            await eventually(lambda: client.state()["step"] == 12 and client.state()["status"] == "idle")
+        await user.should_see("step 12", retries=100)
+        await user.should_see("idle", retries=50)
+
+
+@pytest.mark.asyncio
+async def test_add_task_dialog_lists_the_registry_and_adds_a_task(live_trainer):
+    async with dashboard(live_trainer.base_url) as user:
+        await user.should_see("reconstruction_task", retries=100)
+        user.find(marker="open-add-task").click()
+        task_type = user.find(marker="task-type").elements.pop()
+        builtins = {"ClassificationTask", "RegressionTask", "ReconstructionTask"}
+        await eventually(lambda: builtins <= set(task_type.options))
+
+        task_type.set_value("RegressionTask")  # its `target` parameter is required
+        await user.should_see(marker="param:target")
+        user.find(marker="add-task").click()
+        await user.should_see("target: required")
+
+        task_type.set_value("ClassificationTask")
+        user.find(marker="task-name").type("digit_probe")
+        user.find(marker="task-latent").elements.pop().set_value("digit")
+        user.find(marker="add-task").click()
+        with TrainerClient(live_trainer.base_url) as client:
+            added = await eventually(lambda: task_state(client, "digit_probe"))
+        assert added["type"] == "ClassificationTask" and added["latent"] == "digit"
+        await user.should_see(marker="task:digit_probe", retries=100)
+
+
+DUMMY_TASK = """
+import torch.nn.functional as F
+from acc.tasks.base import Task
+
+class DummyTask(Task):
+    \"\"\"Predict mean pixel intensity from the whole latent.\"\"\"
+    def loss(self, out, batch):
+        pred = self.head(self.features(out)).squeeze(-1)
+        return F.mse_loss(pred, batch["image"].mean(dim=(1, 2, 3)))
+"""
+
+
+@pytest.mark.asyncio
+async def test_registry_changes_reach_the_open_page(workspace, trainer_factory):
+    folder = write_user_tasks(workspace, {})  # watched from the start
+    trainer = trainer_factory()
+    async with dashboard(trainer.base_url) as user:
+        task_type = user.find(marker="task-type").elements.pop()
+        await eventually(lambda: "ReconstructionTask" in task_type.options)
+        (folder / "dummy_task.py").write_text(DUMMY_TASK)
+        await eventually(lambda: "DummyTask" in task_type.options)  # no reload: the registry event did it
+        (folder / "broken_task.py").write_text("class Broken(:\n")
+        await user.should_see("broken_task.py", retries=300)
+        await user.should_see(marker="registry-error")
+
+
+@pytest.mark.asyncio
+async def test_weight_input_reaches_the_trainer(live_trainer):
+    async with dashboard(live_trainer.base_url) as user:
+        await user.should_see(marker="task:reconstruction_task", retries=100)
+        with user.scope(marker="task:reconstruction_task"):
+            user.find(marker="weight").clear().type("2.5")
+        with TrainerClient(live_trainer.base_url) as client:
+            await eventually(lambda: task_state(client, "reconstruction_task")["weight"] == 2.5)
+        slider = user.find(marker="weight-slider").elements.pop()
+        assert slider.value == 2.5
+
+
+@pytest.mark.asyncio
+async def test_wrong_token_shows_a_banner(trainer_factory):
+    trainer = trainer_factory(token="s3cret")
+    async with dashboard(trainer.base_url, token="wrong") as user:
+        await user.should_see("rejected the token (401)", retries=100)
+
+
+@pytest.mark.asyncio
+async def test_unreachable_trainer_shows_a_banner_and_the_page_recovers(workspace, tiny_config):
+    with socket.socket() as sock:  # a port nothing listens on, until the trainer below does
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    async with dashboard(url) as user:
+        await user.should_see(f"cannot reach trainer at {url} — retrying in", retries=100)
+        server = make_server(create_app(lambda: Session.open(workspace.root, tiny_config)), "127.0.0.1", port,
+                             log_level="warning")
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            await user.should_see("run ", retries=300)  # the status bar fills in once connected
+            await user.should_not_see("cannot reach trainer", retries=100)
+        finally:
+            server.should_exit = True
+            await asyncio.to_thread(thread.join, 30)
