@@ -274,3 +274,13 @@ def test_the_design_dummy_task_works_unchanged(workspace, tiny_config):
         session.store.flush()
         values = session.store.query_metrics(engine.run_id, ["loss/dummy_task"])["loss/dummy_task"]["value"]
         assert len(values) == 20 and values[-1] < values[0]
+
+
+def test_reconstructions_show_digits_of_many_classes(session):
+    session.engine.add_task("ReconstructionTask")
+    images, recon = session.engine.reconstructions(8)
+    assert images.shape == recon.shape == (8, 1, 28, 28) and 0 <= recon.min() and recon.max() <= 1
+    validation = session.engine.data["mnist"].validation
+    shown = {int(validation.labels[i]) for i in range(len(validation))
+             if any(torch.equal(validation.batch(torch.tensor([i]))["image"][0], image) for image in images)}
+    assert len(shown) >= 5  # the bundled digits are stored in class order: not eight zeros

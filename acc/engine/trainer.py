@@ -106,6 +106,12 @@ def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
+def spread(n: int, total: int) -> torch.Tensor:
+    """`n` indices evenly spread over `total`: a fixed subset that covers a dataset stored in
+    class order (the bundled 5k digits are) instead of its first class only."""
+    return torch.linspace(0, total - 1, n).round().long()
+
+
 def _fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -377,7 +383,7 @@ class Engine:
         if not 1 <= n <= 64:
             raise ValueError(f"n must be between 1 and 64, got {n}")
         validation = self._data("mnist").validation
-        images = validation.batch(torch.arange(min(n, len(validation))), self.device)["image"]
+        images = validation.batch(spread(min(n, len(validation)), len(validation)), self.device)["image"]
         self.model.eval()
         try:
             recon = recon_probabilities(self.model, self.model(images)["recon"])
@@ -537,7 +543,8 @@ class Engine:
         try:
             for dataset, members in groups.items():
                 validation = self.data[dataset].validation
-                batch = validation.batch(torch.arange(min(len(validation), self.config.eval_samples)), self.device)
+                index = spread(min(len(validation), self.config.eval_samples), len(validation))
+                batch = validation.batch(index, self.device)
                 size = self.config.batch_size
                 out = _cat_outputs([self.model(batch["image"][i:i + size])
                                     for i in range(0, len(batch["image"]), size)])
