@@ -25,7 +25,6 @@ from acc.server.stream import Client
 from acc.store import Store
 from tests.conftest import TINY_MODEL, write_user_tasks
 
-pytest_plugins = ["tests.server_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 

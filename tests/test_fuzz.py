@@ -17,7 +17,6 @@ from schemathesis.checks import not_a_server_error
 
 from acc.server.app import create_app
 
-pytest_plugins = ["tests.server_fixtures"]
 
 OPENAPI = create_app(open_session=lambda: None).openapi()  # no session: the app never starts
 schema = schemathesis.openapi.from_dict(OPENAPI).exclude(path="/api/stream")

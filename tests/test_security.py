@@ -11,7 +11,6 @@ import pytest
 from acc.server.app import serve
 from acc.server.auth import check_bind, redact_tokens
 
-pytest_plugins = ["tests.server_fixtures"]
 
 TOKEN = "s3cret-token"
 
