@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from acc.engine.events import Subscribers
 from acc.engine.trainer import error_text
 
 log = logging.getLogger(__name__)
@@ -52,19 +53,14 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._subscribers: list[Callable[[Job], None]] = []
+        self._subscribers: Subscribers[Job] = Subscribers()
 
     def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
         """`callback(job)` on every status or progress change, on the job's thread."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+        return self._subscribers.add(callback)
 
     def _on_change(self, job: Job) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(job)
-            except Exception:
-                log.exception("job subscriber failed")
+        self._subscribers.publish(job)
 
     def submit(self, kind: str, name: str, work: Callable[[Job], dict | None], owns_engine: bool = False) -> Job:
         """Start `work(job)` on a thread; it may set `job.progress` and should watch `job.cancel`."""

@@ -27,6 +27,7 @@ from torch import nn
 from acc.datasets import BatchStream, Dataset, load_dataset
 from acc.engine.checkpoint import new_checkpoint_id, read_checkpoint, remove_incomplete, write_checkpoint
 from acc.engine.commands import CommandQueue
+from acc.engine.events import Subscribers
 from acc.models import build_model
 from acc.protocol import check_model, recon_probabilities
 from acc.registry import Registry
@@ -155,7 +156,7 @@ class Engine:
 
         self._commands = CommandQueue()
         self._lock = threading.Lock()  # guards self.tasks against readers on other threads
-        self._subscribers: list[Callable[[Event], None]] = []
+        self._subscribers: Subscribers[Event] = Subscribers()
         self._target_step: int | None = None
         self._done: Future | None = None
         self._closing = False
@@ -245,8 +246,7 @@ class Engine:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Events (`{"type": "metrics"|"state"|"eval"|"error"|"checkpoint", ...}`) as they happen.
         Callbacks run on the engine thread: keep them quick (hand off to a queue)."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+        return self._subscribers.add(callback)
 
     def state(self) -> dict:
         with self._lock:
@@ -660,8 +660,4 @@ class Engine:
         self._publish({"type": "error", "task": task, "message": message, "step": self.step})
 
     def _publish(self, event: Event) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                log.exception("engine event subscriber failed")
+        self._subscribers.publish(event)
