@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Callable
 
 from acc.engine.events import Subscribers
 from acc.engine.trainer import error_text
