@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 from acc.ui.client import TrainerClient, TrainerError

@@ -203,7 +203,7 @@ class RecipesPanel:
             for job in sorted(self.jobs.values(), key=lambda j: j["created"], reverse=True)[:5]:
                 with ui.row().classes("full-width items-center no-wrap").props(f'data-job="{job["id"]}"'):
                     ui.label(job["name"]).classes("text-weight-medium")
-                    ui.label(job["status"]).props(f'data-role="job-status"')
+                    ui.label(job["status"]).props('data-role="job-status"')
                     ui.linear_progress(job["progress"], show_value=False).style("flex: 1")
                     if job["status"] in ("queued", "running"):
                         ui.button(icon="stop", on_click=lambda j=job: self.cancel(j["id"])).props(
