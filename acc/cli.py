@@ -124,7 +124,7 @@ def run(
             bar = progress.add_task(recipe, total=None)
             try:
                 result = run_recipe(session.engine, session.recipes, recipe, parse_options(param or [], "--param"),
-                                    on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+                                    datasets=session.datasets, on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
             except KeyError as e:
                 console.print(f"[red]{e.args[0]}[/red]")
                 raise typer.Exit(2)

@@ -7,6 +7,9 @@ optional `acc.toml` in it adds user folders for the registries:
     tasks = ["~/my_tasks"]
     generators = []
     recipes = []
+
+    [data]
+    dir = "data"   # where generated datasets are written (default acc/data/; ACC_DATA_DIR overrides)
 """
 
 from __future__ import annotations
@@ -45,9 +48,22 @@ class Workspace:
         return self.root / "mnist"
 
     @property
+    def data_dir(self) -> Path:
+        """Where generated datasets are written: `ACC_DATA_DIR`, else `[data] dir` in acc.toml
+        (relative to the workspace), else `acc/data/` (DESIGN §2). Created if missing."""
+        if os.environ.get("ACC_DATA_DIR"):
+            folder = Path(os.environ["ACC_DATA_DIR"]).expanduser().resolve()
+        elif self.config().get("data", {}).get("dir"):
+            folder = (self.root / Path(self.config()["data"]["dir"]).expanduser()).resolve()
+        else:
+            folder = PACKAGE_DIR / "data"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @property
     def data_dirs(self) -> list[Path]:
-        """Folders searched for `<name>.pt` datasets: the workspace's own, then `acc/data/`."""
-        return [self.root / "data", PACKAGE_DIR / "data"]
+        """Folders searched for `<name>.pt` datasets: `data_dir`, the workspace's `data/`, `acc/data/`."""
+        return list(dict.fromkeys([self.data_dir, self.root / "data", PACKAGE_DIR / "data"]))
 
     def config(self) -> dict:
         path = self.root / "acc.toml"

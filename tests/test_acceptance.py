@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from acc.test_m2 import TASK_FILE
+from acc.test_m3 import GENERATOR_FILE
 
 
 def test_m2_acceptance_passes_and_cleans_up():
@@ -23,3 +24,12 @@ def test_m2_acceptance_fails_clearly_without_a_trainer():
     assert result.returncode == 1
     assert "FAIL" in result.stdout and "cannot reach the trainer" in result.stdout
     assert not TASK_FILE.exists()
+
+
+def test_m3_acceptance_passes_and_cleans_up(generated_data_dir):
+    result = subprocess.run([sys.executable, "-m", "acc.test_m3"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 7 and all(line.startswith("PASS") for line in lines), result.stdout
+    assert not GENERATOR_FILE.exists()
+    assert generated_data_dir.is_dir() and not list(generated_data_dir.iterdir())  # generated there, then deleted

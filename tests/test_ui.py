@@ -49,13 +49,15 @@ async def dashboard(url: str, token: str | None = None) -> AsyncIterator[User]:
     """A simulated browser tab on a dashboard for the trainer at `url`."""
     link = Link(url, token)
     link.start()
-    try:
-        async with user_simulation(root=dashboard_page(link)) as user:
+    async with user_simulation(root=dashboard_page(link)) as user:
+        try:
             user.javascript_rules[re.compile(r"accCharts\.")] = lambda _: None  # the browser's answer
             await user.open("/")
             yield user
-    finally:
-        await asyncio.to_thread(link.stop)
+        finally:
+            # Stop the trainer's events before NiceGUI cancels the page's tasks, or new ones keep
+            # arriving while it waits for the old ones (as `acc ui` does in its shutdown hook).
+            await asyncio.to_thread(link.stop)
 
 
 @pytest.fixture(autouse=True)

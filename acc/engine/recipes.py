@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from pydantic import ValidationError
 
 from acc.datasets import dataset_names
+from acc.engine.datasets import DatasetCatalog
 from acc.engine.jobs import Cancelled, Job, JobManager
 from acc.engine.trainer import Engine
 from acc.recipes.base import Recipe
@@ -38,9 +39,10 @@ class RecipeContext:
     """What a recipe script calls. Every method records an operation; see the module docstring."""
 
     def __init__(self, engine: Engine | None, recipe: str, version: str, *, total_steps: int | None = None,
-                 cancel: threading.Event | None = None,
+                 cancel: threading.Event | None = None, datasets: DatasetCatalog | None = None,
                  on_progress: Callable[[int, int | None], None] | None = None) -> None:
         self.engine, self.recipe, self.version = engine, recipe, version  # engine None: dry run
+        self.datasets = datasets
         self.total_steps, self.steps_done = total_steps, 0
         self.skipped: list[str] = []  # checkpoints found already made and loaded instead
         self.checkpoints: list[dict] = []
@@ -53,12 +55,23 @@ class RecipeContext:
         """Start from a fresh model `build_model({"name": name, **config})` (tasks cleared)."""
         self._pending.append(Op("set_model", {"config": {"name": name, **config}}))
 
-    def dataset(self, name: str, generator: str | None = None, **options: Any) -> str:
-        """The name of a dataset that must exist (`mnist` or `<name>.pt`), for `add_task(dataset=...)`."""
-        if self.engine is not None and name not in dataset_names(self.engine.workspace.data_dirs) + ["mnist_test"]:
-            source = f" from generator {generator!r}" if generator else ""
-            raise RuntimeError(f"recipe {self.recipe!r} needs dataset {name!r}{source}, which does not exist; "
-                               "generate it first (dataset generation arrives with the generators, M3)")
+    def dataset(self, name: str, generator: str | None = None, n: int | None = None, seed: int = 0,
+                **params: Any) -> str:
+        """The name of a dataset for `add_task(dataset=...)`. With a `generator`, it is generated
+        now (`n` images, `seed`, the generator's `params`) unless it already exists; an existing
+        one made differently is an error, so that a recipe always trains on what it says."""
+        if self.engine is None:
+            return name
+        if generator is None:
+            if name not in [*dataset_names(self.engine.workspace.data_dirs), "mnist_test"]:
+                raise KeyError(f"recipe {self.recipe!r} needs dataset {name!r}, which does not exist; "
+                               "generate it first, or pass generator= and n= to r.dataset")
+            return name
+        if self.datasets is None:
+            raise RuntimeError(f"recipe {self.recipe!r} generates dataset {name!r} but runs without a dataset catalog")
+        if n is None:
+            raise ValueError(f"r.dataset({name!r}, generator={generator!r}) needs n, the number of images")
+        self.datasets.ensure(generator, name, n, seed, params, cancel=self._cancel)
         return name
 
     def add_task(self, type: str, name: str | None = None, **options: Any) -> None:
@@ -192,7 +205,7 @@ class RecipeResult:
 
 
 def run_recipe(engine: Engine, recipes: Registry, name: str, params: dict | None = None,
-               cancel: threading.Event | None = None,
+               cancel: threading.Event | None = None, datasets: DatasetCatalog | None = None,
                on_progress: Callable[[int, int | None], None] | None = None) -> RecipeResult:
     """Run a recipe on `engine` to the end (raises what the recipe raised, or Cancelled)."""
     cls = find_recipe(recipes, name)
@@ -207,7 +220,8 @@ def run_recipe(engine: Engine, recipes: Registry, name: str, params: dict | None
         total: int | None = plan.steps_done
     except Exception:  # a recipe that reads real results cannot be planned: progress without a total
         total = None
-    context = RecipeContext(engine, recipe_name, version, total_steps=total, cancel=cancel, on_progress=on_progress)
+    context = RecipeContext(engine, recipe_name, version, total_steps=total, cancel=cancel, datasets=datasets,
+                            on_progress=on_progress)
     engine.store.log_event(engine.run_id, "recipe", f"recipe {recipe_name} started", engine.step,
                            {"recipe": recipe_name, "version": version, "total_steps": total})
     recipe.run(context)
@@ -219,7 +233,7 @@ def run_recipe(engine: Engine, recipes: Registry, name: str, params: dict | None
 
 
 def start_recipe_job(jobs: JobManager, engine: Engine, recipes: Registry, name: str,
-                     params: dict | None = None) -> Job:
+                     params: dict | None = None, datasets: DatasetCatalog | None = None) -> Job:
     """Run a recipe as a background job that owns the engine. Unknown recipe: KeyError; bad
     parameters: ValueError; another job driving the engine: JobConflict — all before it starts."""
     cls = find_recipe(recipes, name)
@@ -232,6 +246,7 @@ def start_recipe_job(jobs: JobManager, engine: Engine, recipes: Registry, name: 
         def progress(done: int, total: int | None) -> None:
             if total:
                 jobs.progress(job, done / total)
-        return asdict(run_recipe(engine, recipes, cls.__name__, params, cancel=job.cancel, on_progress=progress))
+        return asdict(run_recipe(engine, recipes, cls.__name__, params, cancel=job.cancel, datasets=datasets,
+                                 on_progress=progress))
 
     return jobs.submit("recipe", cls.__name__, work, owns_engine=True)

@@ -1,4 +1,5 @@
-"""Wiring: a workspace, its store, the three registries and an engine, opened and closed together.
+"""Wiring: a workspace, its store, the three registries, an engine, its jobs and datasets, opened
+and closed together.
 
 Used by the CLI, the trainer service and tests, so that all of them start the same way.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from acc.engine.datasets import DatasetCatalog
 from acc.engine.jobs import JobManager
 from acc.engine.trainer import Engine, EngineConfig
 from acc.generators.base import Generator
@@ -27,6 +29,7 @@ class Session:
     recipes: Registry
     engine: Engine
     jobs: JobManager
+    datasets: DatasetCatalog
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
@@ -38,8 +41,8 @@ class Session:
                       for kind, base in (("tasks", Task), ("generators", Generator), ("recipes", Recipe))]
         for registry in registries:
             registry.start() if watch else registry.scan()
-        engine = Engine(ws, store, registries[0], config)
-        return cls(ws, store, *registries, engine, JobManager())
+        engine, jobs = Engine(ws, store, registries[0], config), JobManager()
+        return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1], jobs))
 
     def close(self) -> None:
         for job in self.jobs.list():  # a running recipe stops at its next chunk of steps

@@ -7,22 +7,36 @@
         def generate(self, n, rng, params):
             ...  # returns images uint8 [n, 28, 28] and {target name: float array [n]}
 
-`Params` (pydantic) gives the dashboard its form and the API its validation.
+`Params` (pydantic) gives the dashboard its form and the API its validation. `generate` may also
+return digit labels as a third item (int [n], -1 where unknown). A generator that transforms real
+digits reads them with `self.mnist()`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from acc.datasets import load_mnist
 
 
 class Generator:
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
+    def __init__(self, mnist_dir: Path | None = None) -> None:
+        self.mnist_dir = mnist_dir  # where MNIST's IDX files are cached (the workspace's)
+
     def generate(self, n: int, rng: np.random.Generator, params: BaseModel
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]] | tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         raise NotImplementedError(f"{type(self).__name__} must implement generate(n, rng, params)")
+
+    def mnist(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """Real MNIST digits: images uint8 [N, 28, 28] and labels int64 [N] (see `load_mnist`)."""
+        data = load_mnist(self.mnist_dir, split)
+        return data.images[:, 0].numpy(), data.labels.numpy()
 
     @classmethod
     def params_schema(cls) -> dict:

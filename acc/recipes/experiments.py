@@ -49,8 +49,9 @@ class Curriculum5k(MnistBase):
     """Same base, then thickness and slant regression on their own slots, on generated data."""
 
     def run(self, r):
-        thickness = r.dataset("thickness_5k", generator="ThicknessGenerator", n=5000)
-        slant = r.dataset("slant_5k", generator="SlantGenerator", n=5000)
+        # Generated on the first run (same generator, size, seed and ranges every time), reused after.
+        thickness = r.dataset("thickness_5k", generator="ThicknessGenerator", n=5000, low=1.5, high=5.5)
+        slant = r.dataset("slant_5k", generator="SlantGenerator", n=5000, low=-0.6, high=0.6)
         with r.fork(self.base(r), "curriculum_5k"):
             r.add_task("RegressionTask", name="thickness", latent="thickness", dataset=thickness, target="thickness")
             r.add_task("RegressionTask", name="slant", latent="slant", dataset=slant, target="slant")

@@ -6,11 +6,12 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 SCALE = 3  # 28 px digits become 84 px: readable without the browser's blurry upscaling
 GAP = 2  # px of mid-grey between digits and between rows
 GAP_VALUE = 96
+CAPTION_H = 14  # px under each captioned image
 
 
 def grid_png(rows: list[torch.Tensor], scale: int = SCALE, gap: int = GAP) -> bytes:
@@ -26,4 +27,22 @@ def grid_png(rows: list[torch.Tensor], scale: int = SCALE, gap: int = GAP) -> by
             canvas[top:top + h * scale, left:left + w * scale] = image
     out = io.BytesIO()
     Image.fromarray(canvas).save(out, format="PNG")
+    return out.getvalue()
+
+
+def captioned_grid_png(images: torch.Tensor, captions: list[str], columns: int = 8, scale: int = 2) -> bytes:
+    """Images (uint8 [n, 1, 28, 28]) in rows of `columns`, each with its caption underneath."""
+    font = ImageFont.load_default(size=11)
+    n, _, h, w = images.shape
+    cell_w, cell_h = w * scale + GAP * 2, h * scale + CAPTION_H + GAP
+    rows = max(1, -(-n // columns))
+    canvas = Image.new("L", (columns * cell_w + GAP, rows * cell_h + GAP), GAP_VALUE)
+    draw = ImageDraw.Draw(canvas)
+    pixels = images[:, 0].numpy().repeat(scale, axis=1).repeat(scale, axis=2)
+    for i, (image, caption) in enumerate(zip(pixels, captions)):
+        left, top = GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h
+        canvas.paste(Image.fromarray(image), (left, top))
+        draw.text((left + w * scale / 2, top + h * scale + 1), caption, fill=255, font=font, anchor="ma")
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
     return out.getvalue()

@@ -269,7 +269,7 @@ def run_recipe(name: NameInPath, body: RecipeRun, session: SessionDep) -> Job:
     """Run a recipe as a job that drives the engine (manual edits are refused meanwhile);
     checkpoints this version of the recipe already made are reused."""
     with engine_errors():
-        job = start_recipe_job(session.jobs, session.engine, session.recipes, name, body.params)
+        job = start_recipe_job(session.jobs, session.engine, session.recipes, name, body.params, session.datasets)
     return Job(**job.public())
 
 

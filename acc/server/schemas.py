@@ -186,3 +186,42 @@ class RecipeRun(Request):
 
 class ForkRequest(Request):
     name: str = Field(..., pattern=TASK_NAME, description="name of the new branch")
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+class DatasetCreate(Request):
+    generator: str = Field(..., pattern=TYPE_NAME, description="a generator class name from /api/registry/generators")
+    name: str = Field(..., pattern=DATASET_NAME, description="the new dataset's name (the file is <name>.pt)")
+    n: int = Field(..., ge=1, le=1_000_000, description="number of images")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the generator's own parameters")
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    n: int
+    status: Literal["ready", "generating", "failed", "cancelled"]
+    builtin: bool
+    generator: str | None
+    params: dict[str, Any]
+    seed: int | None
+    created: float | None
+    targets: list[str] = Field(description="names of the float targets each image carries")
+    classes: list[int] = Field(description="images per digit class 0..9 (empty while not ready)")
+    error: str | None
+    job: str | None = Field(description="the job generating it")
+
+
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="bins + 1 bin edges")
+    counts: list[int]
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+class Histograms(BaseModel):
+    n: int
+    targets: dict[str, Histogram]
+    classes: list[int] = Field(description="images per digit class 0..9")

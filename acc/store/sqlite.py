@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL, created REAL NOT NULL, meta TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS checkpoints_name ON checkpoints (name);
 CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints (run_id);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, generator TEXT NOT NULL, params TEXT NOT NULL,
+    seed INTEGER NOT NULL, n INTEGER NOT NULL, path TEXT, created REAL NOT NULL, error TEXT,
+    info TEXT NOT NULL);
 """
 
 # A new block summary wins the min (max) when strictly lower (higher), or equal at an earlier step,
@@ -431,6 +435,36 @@ class Store:
         """Forget a checkpoint (its children keep their parent id); its files are the caller's."""
         with _transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("DELETE FROM checkpoints WHERE id = ?", (id,))
+
+    # -- datasets ----------------------------------------------------------------------------------
+
+    def put_dataset(self, name: str, *, status: str, generator: str, params: dict, seed: int, n: int,
+                    path: str | None = None, error: str | None = None, info: dict | None = None) -> None:
+        """Record (or update) a generated dataset; returns once committed."""
+        row = (name, status, generator, _to_json(params, "dataset params"), _int(seed, "seed"), _int(n, "n"),
+               None if path is None else str(path), _time.time(), error, _to_json(info or {}, "dataset info"))
+        with _transaction(self._conn(), "IMMEDIATE") as conn:
+            conn.execute("INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def datasets(self) -> list[dict]:
+        """Every recorded dataset, oldest first."""
+        rows = self._conn().execute("SELECT * FROM datasets ORDER BY created, rowid")
+        return [self._dataset(row) for row in rows]
+
+    def dataset(self, name: str) -> dict | None:
+        row = self._conn().execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+        return self._dataset(row) if row else None
+
+    @staticmethod
+    def _dataset(row: tuple) -> dict:
+        name, status, generator, params, seed, n, path, created, error, info = row
+        return {"name": name, "status": status, "generator": generator, "params": json.loads(params),
+                "seed": seed, "n": n, "path": path, "created": created, "error": error, "info": json.loads(info)}
+
+    def delete_dataset(self, name: str) -> None:
+        """Forget a dataset's row; its file is the caller's."""
+        with _transaction(self._conn(), "IMMEDIATE") as conn:
+            conn.execute("DELETE FROM datasets WHERE name = ?", (name,))
 
     # -- the writer thread -------------------------------------------------------------------------
 

@@ -138,6 +138,31 @@ class TrainerClient:
     def cancel_job(self, job_id: str) -> dict:
         return self._json("POST", f"/api/jobs/{job_id}/cancel")
 
+    def datasets(self) -> list[dict]:
+        return self._json("GET", "/api/datasets")
+
+    def generate_dataset(self, generator: str, name: str, n: int, seed: int = 0, params: dict | None = None) -> dict:
+        """Start generating; returns the job (follow it with `job(id)` or the stream)."""
+        return self._json("POST", "/api/datasets", json={"generator": generator, "name": name, "n": n,
+                                                         "seed": seed, "params": params or {}})
+
+    def dataset(self, name: str) -> dict:
+        return self._json("GET", f"/api/datasets/{name}")
+
+    def delete_dataset(self, name: str) -> None:
+        self.request("DELETE", f"/api/datasets/{name}")
+
+    def dataset_grid_png(self, name: str, n: int = 64, seed: int = 0, target: str | None = None,
+                         sort: bool = False, columns: int = 8) -> bytes:
+        params = {"n": n, "seed": seed, "sort": sort, "columns": columns} | ({"target": target} if target else {})
+        return self.request("GET", f"/api/datasets/{name}/grid.png", params=params).content
+
+    def dataset_histograms(self, name: str, bins: int = 30, target: str | None = None,
+                           lo: float | None = None, hi: float | None = None) -> dict:
+        params = {"bins": bins, "target": target, "lo": lo, "hi": hi}
+        return self._json("GET", f"/api/datasets/{name}/histograms",
+                          params={k: v for k, v in params.items() if v is not None})
+
     def stream(self, stop: threading.Event | None = None) -> Iterator[dict]:
         """Server-sent events as `{"event": type, "data": parsed JSON}`, until `stop` is set or the
         connection ends. Keep-alives arrive every ~15 s, so a 45 s read timeout means a dead link."""
