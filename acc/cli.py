@@ -15,7 +15,7 @@ from rich.table import Table
 
 app = typer.Typer(help="ACC: train factored autoencoders, and see and steer them while they train.",
                   no_args_is_help=True, add_completion=False)
-data_app = typer.Typer(help="Datasets: MNIST download and the like.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate, list, MNIST download.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 
@@ -255,6 +255,49 @@ def fetch_mnist_command(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)
     console.print(f"MNIST ready in {target}: {', '.join(p.name for p in paths)}")
+
+
+@data_app.command("generate")
+def generate_command(
+    generator: Annotated[str, typer.Argument(help="A generator class, e.g. ThicknessGenerator.")],
+    name: Annotated[str, typer.Argument(help="The new dataset's name ([a-z0-9_-]).")],
+    n: Annotated[int, typer.Option(min=1, help="Number of images.")] = 5000,
+    seed: int = 0,
+    param: Annotated[Optional[list[str]], typer.Option(help="A generator parameter, key=value (repeatable).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Generate a dataset headless (the dashboard's [+ Dataset] does the same in a running trainer)."""
+    from acc.engine.session import Session
+    from acc.engine.trainer import error_text
+
+    with Session.open(workspace, watch=False) as session:
+        with Progress(TextColumn(f"[bold]{name}"), BarColumn(), TimeRemainingColumn(), console=console) as progress:
+            bar = progress.add_task(name, total=1.0)
+            try:
+                info = session.datasets.generate(generator, name, n, seed, parse_options(param or [], "--param"),
+                                                 progress=lambda done: progress.update(bar, completed=done))
+            except (KeyError, ValueError) as e:  # a bad request: its message says what to change
+                console.print(f"[red]{e.args[0]}[/red]")
+                raise typer.Exit(2)
+            except Exception as e:  # the generator's own code failed: say where
+                console.print(f"[red]generation failed:[/red] {error_text(e)}")
+                raise typer.Exit(1)
+    console.print(f"{info['name']}: {info['n']} images, targets {', '.join(info['targets']) or 'none'}, "
+                  f"in {session.datasets.path_of(name)}")
+
+
+@data_app.command("list")
+def list_command(workspace: WorkspaceOption = None) -> None:
+    """The datasets a trainer on this workspace can train on, and generations that failed."""
+    from acc.engine.session import Session
+
+    with Session.open(workspace, watch=False) as session:
+        rows = session.datasets.list()
+    table = Table("name", "images", "status", "generator", "params", "targets")
+    for row in rows:
+        table.add_row(row["name"], str(row["n"]), row["status"] if not row["error"] else f"{row['status']}: {row['error']}",
+                      row["generator"] or "-", json.dumps(row["params"]), ", ".join(row["targets"]))
+    console.print(table)
 
 
 if __name__ == "__main__":

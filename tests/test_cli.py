@@ -37,3 +37,18 @@ def test_a_bad_task_is_a_clear_error(workspace, mnist_cache):
     assert "NoSuchTask" in result.stdout + result.stderr
     result = acc("train", "--steps", "2", "--task", "RegressionTask:oops", workspace=workspace, mnist_cache=mnist_cache)
     assert result.returncode == 2 and "key=value" in result.stdout + result.stderr
+
+
+def test_data_generate_and_list(workspace, mnist_cache, generated_data_dir):
+    from acc.test_m3 import SYMMETRY_GENERATOR
+    from tests.conftest import write_user_files
+
+    write_user_files(workspace, "generators", {"symmetry_gen.py": SYMMETRY_GENERATOR})
+    made = acc("data", "generate", "SymmetryGenerator", "sym", "--n", "40", "--seed", "2", "--param", "noise=0.3",
+               workspace=workspace, mnist_cache=mnist_cache)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "sym: 40 images, targets symmetry" in made.stdout and (generated_data_dir / "sym.pt").is_file()
+    listing = acc("data", "list", workspace=workspace, mnist_cache=mnist_cache)
+    assert listing.returncode == 0 and "SymmetryGenerator" in listing.stdout and '{"noise": 0.3}' in listing.stdout
+    again = acc("data", "generate", "SymmetryGenerator", "sym", "--n", "4", workspace=workspace, mnist_cache=mnist_cache)
+    assert again.returncode == 2 and "already exists" in again.stdout

@@ -36,11 +36,11 @@ MAX_IMAGES = 1_000_000
 CACHED = 4  # datasets kept in memory for pictures and histograms
 
 
-class DatasetExists(Exception):
+class DatasetExists(ValueError):
     """The name is taken by a dataset on disk or by a generation still running."""
 
 
-class DatasetInUse(Exception):
+class DatasetInUse(ValueError):
     """A task trains on it: remove the task first."""
 
 

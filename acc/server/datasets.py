@@ -26,11 +26,11 @@ DatasetName = Annotated[str, Path(pattern=DATASET_NAME)]
 
 @contextmanager
 def dataset_errors() -> Iterator[None]:
-    try:
-        with engine_errors():
+    with engine_errors():
+        try:
             yield
-    except (DatasetExists, DatasetInUse) as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+        except (DatasetExists, DatasetInUse) as e:  # before engine_errors makes them a 422
+            raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
 
 
 @router.get("", response_model=list[DatasetInfo])
