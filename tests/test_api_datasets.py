@@ -148,9 +148,11 @@ def test_generation_runs_beside_training_and_can_be_cancelled(trainer, generated
         http.post("/api/train", json={"action": "stop"})
 
 
-def test_delete_refuses_a_dataset_in_use(trainer, generated_data_dir):
-    with trainer.client() as http:
+def test_delete_refuses_a_dataset_in_use(trainer, generated_data_dir, sse):
+    with trainer.client() as http, sse(trainer) as events:
+        events.wait_for("hello")
         generate(trainer, http, "used", n=100)
+        assert events.wait_for("dataset", lambda d: d["name"] == "used" and d["status"] == "ready")
         task = {"type": "RegressionTask", "name": "sym", "dataset": "used", "params": {"target": "symmetry"}}
         assert http.post("/api/tasks", json=task).status_code == 201
         refused = http.delete("/api/datasets/used")
@@ -158,6 +160,7 @@ def test_delete_refuses_a_dataset_in_use(trainer, generated_data_dir):
         assert http.delete("/api/tasks/sym").status_code == 204
         assert http.delete("/api/datasets/used").status_code == 204
         assert not (generated_data_dir / "used.pt").exists()
+        assert events.wait_for("dataset", lambda d: d["status"] == "deleted")["name"] == "used"
         assert http.get("/api/datasets/used").status_code == 404
 
 

@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from acc.datasets import BUILTIN_NAMES, NAME_RE, Dataset, dataset_names, load_dataset
+from acc.engine.events import Subscribers
 from acc.engine.jobs import Cancelled, Job, JobManager
 from acc.engine.trainer import error_text
 from acc.generators.base import Generator
@@ -100,13 +101,25 @@ class DatasetCatalog:
         self._described: dict[tuple, dict] = {}
         self._generating: set[str] = set()
         self._lock = threading.Lock()
+        self._subscribers: Subscribers[dict] = Subscribers()
         for row in store.datasets():  # a trainer killed mid-generation: say so instead of "generating" forever
             if row["status"] == "generating":
                 store.put_dataset(**_row_args(row, status="failed", error="interrupted: the trainer stopped"))
 
+    def subscribe(self, callback: Callable[[dict], None]) -> Callable[[], None]:
+        """`callback({"name", "status"})` when a dataset starts generating, is ready, failed,
+        cancelled or deleted (status "deleted"), on the thread that did it."""
+        return self._subscribers.add(callback)
+
+    def _put(self, row: dict, status: str, **fields: Any) -> None:
+        self.store.put_dataset(**row, status=status, **fields)
+        self._subscribers.publish({"name": row["name"], "status": status})
+
     # ---- reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return [*dataset_names(self.workspace.data_dirs), "mnist_test"]
+        """Built-in first: mnist, mnist_test, then the generated ones by name."""
+        mnist, *generated = dataset_names(self.workspace.data_dirs)
+        return [mnist, "mnist_test", *generated]
 
     def path_of(self, name: str) -> Path | None:
         for folder in self.workspace.data_dirs:
@@ -182,6 +195,7 @@ class DatasetCatalog:
         if path is not None:
             path.unlink()
         self.store.delete_dataset(name)
+        self._subscribers.publish({"name": name, "status": "deleted"})
 
     def check(self, generator: str, name: str, n: int, params: dict | None) -> tuple[type[Generator], BaseModel]:
         """Everything about a request that can be wrong, before any work: name, size, generator, params."""
@@ -204,17 +218,17 @@ class DatasetCatalog:
             cls, checked = self.check(generator, name, n, params)
             row = {"name": name, "generator": generator, "params": checked.model_dump(mode="json"), "seed": seed,
                    "n": n, "info": {"job": job}}
-            self.store.put_dataset(**row, status="generating")
+            self._put(row, "generating")
             try:
                 dataset = self._run(cls, checked, row, progress, cancel)
                 path = self.workspace.data_dir / f"{name}.pt"
                 dataset.save(path)  # atomic: a temporary file renamed into place
-                self.store.put_dataset(**row, status="ready", path=str(path))
+                self._put(row, "ready", path=str(path))
             except Cancelled:
-                self.store.put_dataset(**row, status="cancelled", error="cancelled")
+                self._put(row, "cancelled", error="cancelled")
                 raise
             except Exception as e:
-                self.store.put_dataset(**row, status="failed", error=error_text(e))
+                self._put(row, "failed", error=error_text(e))
                 raise
         finally:
             self.release(name)

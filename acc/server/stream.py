@@ -80,6 +80,7 @@ class Broadcaster:
         for registry in (session.tasks, session.generators, session.recipes):
             self._unsubscribe.append(registry.subscribe(self._registry_callback(registry)))
         self._unsubscribe.append(session.jobs.subscribe(lambda job: self._hand_off(("job", job.public()))))
+        self._unsubscribe.append(session.datasets.subscribe(lambda change: self._hand_off(("dataset", change))))
 
     def close(self) -> None:
         """Unsubscribe and end every client's stream; idempotent."""

@@ -3,10 +3,11 @@
 One `Link` per process reads the trainer's events; every open page is a `Dashboard` that pulls
 what is new from the link four times a second (`tick`) and applies it as one batch: metric points
 to the charts, state to the status bar and task rows, evaluations to the metrics table, registry
-changes to the [+ Task] dialog, the recipes and the errors panel, jobs to the recipes, checkpoint
-events to the checkpoint tree. After a (re)connection, or when the trainer starts a new run, the
-page fetches everything again from the API, so what it shows always comes from the trainer's
-store, across page reloads and trainer restarts (earlier runs: the run picker above the curves).
+changes to the [+ Task] and [+ Dataset] dialogs, the recipes and the errors panel, jobs to the
+recipes and the datasets, checkpoint events to the checkpoint tree. After a (re)connection, or when
+the trainer starts a new run, the page fetches everything again from the API, so what it shows
+always comes from the trainer's store, across page reloads and trainer restarts (earlier runs: the
+run picker above the curves).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nicegui import app, background_tasks, ui
 
 from acc.ui.actions import fetch
 from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid
+from acc.ui.datasets import DatasetsPanel
 from acc.ui.link import Link, metric_points
 from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
 from acc.ui.status import Banner, StatusBar
@@ -81,6 +83,8 @@ class Dashboard:
         with ui.row().classes("acc-layout full-width items-start no-wrap"):
             with ui.column().classes("acc-main acc-gap-sm"):
                 self._build_charts()
+                with ui.card().classes("full-width"):
+                    self.datasets = DatasetsPanel(self.link)
             with ui.column().classes("acc-side"):
                 self.tasks = TasksPanel(self.link)
                 with ui.card().classes("full-width"):
@@ -159,8 +163,8 @@ class Dashboard:
         try:
             self._show_state()
             await asyncio.gather(self.charts.load(), self.evals.load(), self.checkpoints.refresh(),
-                                 self.recipes.load(), self._refresh_runs(), self.recon.refresh(),
-                                 *map(self._refresh_registry, REGISTRY_KINDS))
+                                 self.recipes.load(), self.datasets.load(), self._refresh_runs(),
+                                 self.recon.refresh(), *map(self._refresh_registry, REGISTRY_KINDS))
         except Exception:  # never let one bad answer take the page down; try again shortly
             log.exception("dashboard reload failed")
             self._retry_at = time.monotonic() + 2
@@ -187,6 +191,9 @@ class Dashboard:
                 background_tasks.create(self._refresh_registry(data["kind"]), name="acc-registry")
             elif kind == "job":
                 self.recipes.show_job(data)
+                self.datasets.show_job(data)
+            elif kind == "dataset" and data["status"] in ("ready", "deleted"):  # also from recipes, other tabs
+                background_tasks.create(self.datasets.load(), name="acc-datasets")
             elif kind == "error":
                 ui.notify(data["message"], type="warning", multi_line=True, close_button=True)
         if latest:
@@ -213,6 +220,8 @@ class Dashboard:
         self.registry_errors.show(kind, listing["errors"])
         if kind == "tasks":
             self.tasks.dialog.set_registry(listing)
+        elif kind == "generators":
+            self.datasets.dialog.set_registry(listing)
         elif kind == "recipes":
             self.recipes.set_registry(listing)
 

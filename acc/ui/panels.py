@@ -21,6 +21,15 @@ REGISTRY_KINDS = ("tasks", "generators", "recipes")
 SPARK_POINTS = 50
 
 
+def header_with_add(title: str, thing: str, on_add: Any) -> None:
+    """A panel's title with its [+ thing] button on the right (marker `open-add-<thing>`)."""
+    marker = f"open-add-{thing.lower()}"
+    with ui.row().classes("full-width items-center"):
+        ui.label(title).classes("acc-title")
+        ui.space()
+        ui.button(thing, icon="add", on_click=on_add).props(f'data-role="{marker}"').mark(marker)
+
+
 def sparkline(values: list[float], width: int = 110, height: int = 24) -> str:
     """An inline SVG polyline of the values (the latest on the right)."""
     finite = [v for v in values if math.isfinite(v)]

@@ -19,6 +19,7 @@ from nicegui import ui
 from acc.ui.actions import FAILED, Debounce, act
 from acc.ui.forms import SchemaForm
 from acc.ui.link import Link
+from acc.ui.panels import header_with_add
 
 SLIDER_MAX = 10.0  # the slider's range; the number input beside it takes weights up to the API's bound
 MAX_WEIGHT = 1000.0
@@ -216,11 +217,7 @@ class TasksPanel:
         self.link = link
         self.rows: dict[str, TaskRow] = {}
         self.dialog = AddTaskDialog(link)
-        with ui.row().classes("full-width items-center"):
-            ui.label("Tasks").classes("acc-title")
-            ui.space()
-            add = ui.button("Task", icon="add", on_click=self.dialog.open)
-            add.props('data-role="open-add-task"').mark("open-add-task")
+        header_with_add("Tasks", "Task", self.dialog.open)
         self.container = ui.column().classes("full-width acc-gap-sm")
         self.empty = ui.label("No tasks yet: add one with [+ Task].").classes("text-grey-7")
 
