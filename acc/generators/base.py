@@ -15,9 +15,10 @@ digits reads them with `self.mnist()`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from acc.datasets import load_mnist
 
@@ -41,3 +42,18 @@ class Generator:
     @classmethod
     def params_schema(cls) -> dict:
         return {"schema": cls.Params.model_json_schema()}
+
+
+class TargetRange(Generator.Params):
+    """Parameters of a generator that transforms MNIST digits (`split`) to a target drawn uniformly
+    from [low, high]; a subclass redeclares `low` and `high` with its own defaults and bounds."""
+
+    low: float
+    high: float
+    split: Literal["train", "test"] = "train"
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be greater than high ({self.high})")
+        return self
