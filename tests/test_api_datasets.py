@@ -224,3 +224,16 @@ def test_a_recipe_generates_its_dataset_and_trains_a_task_bound_to_it(workspace,
         assert session.datasets.path_of("sym_recipe").stat().st_mtime == mtime  # reused, not regenerated
         with pytest.raises(ValueError, match="differs in params"):
             run_recipe(session.engine, session.recipes, "Mismatch", datasets=session.datasets)
+
+
+def test_a_regression_task_trains_on_a_generated_thickness_dataset_beside_mnist(session):
+    session.datasets.generate("ThicknessGenerator", "thickness_small", 300, seed=1)
+    engine = session.engine
+    engine.add_task("ReconstructionTask")
+    engine.add_task("RegressionTask", name="thickness", dataset="thickness_small", latent="thickness",
+                    target="thickness")
+    engine.train(4)
+    assert set(engine.data) == {"mnist", "thickness_small"}  # one batch from each dataset per step
+    results = engine.evaluate()
+    assert {"mae", "r2"} <= set(results["thickness"]) and results["thickness"]["mae"] > 0
+    assert "psnr" in results["reconstruction_task"]
