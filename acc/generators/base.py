@@ -14,6 +14,7 @@ digits reads them with `self.mnist()`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from acc.datasets import load_mnist
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist(mnist_dir: Path | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    data = load_mnist(mnist_dir, split)
+    images, labels = data.images[:, 0].numpy(), data.labels.numpy()
+    images.flags.writeable = labels.flags.writeable = False  # shared by every generator: never edited in place
+    return images, labels
 
 
 class Generator:
@@ -35,9 +44,9 @@ class Generator:
         raise NotImplementedError(f"{type(self).__name__} must implement generate(n, rng, params)")
 
     def mnist(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """Real MNIST digits: images uint8 [N, 28, 28] and labels int64 [N] (see `load_mnist`)."""
-        data = load_mnist(self.mnist_dir, split)
-        return data.images[:, 0].numpy(), data.labels.numpy()
+        """Real MNIST digits: images uint8 [N, 28, 28] and labels int64 [N] (see `load_mnist`);
+        read once per process, since a dataset is generated in many chunks."""
+        return _mnist(self.mnist_dir, split)
 
     @classmethod
     def params_schema(cls) -> dict:
