@@ -62,10 +62,15 @@ def generate(trainer, http, name: str, n: int = 600, generator: str = "SymmetryG
     return trainer.session.jobs.wait(response.json()["id"], 120).public()
 
 
-def test_generate_then_list_describe_grid_and_histograms(trainer, generated_data_dir):
-    with trainer.client() as http:
+def test_generate_then_list_describe_grid_and_histograms(trainer, generated_data_dir, sse):
+    with trainer.client() as http, sse(trainer) as events:
+        events.wait_for("hello")
         job = generate(trainer, http, "sym", n=1200, seed=3, params={"noise": 0.2})
         assert job["status"] == "done" and job["kind"] == "dataset" and job["progress"] == 1.0, job
+        progress = []  # three chunks of at most 500 images: progress on the stream after each
+        while not progress or progress[-1] < 1.0:
+            progress.append(events.wait_for("job", lambda j: j["id"] == job["id"] and j["progress"] > 0)["progress"])
+        assert progress == pytest.approx([500 / 1200, 1000 / 1200, 1.0, 1.0][:len(progress)]) and len(progress) >= 3
         assert (generated_data_dir / "sym.pt").is_file()
 
         listed = {d["name"]: d for d in http.get("/api/datasets").json()}

@@ -98,7 +98,7 @@ class DatasetCatalog:
     def __init__(self, workspace: Workspace, store: Store, generators: Registry, jobs: JobManager) -> None:
         self.workspace, self.store, self.generators, self.jobs = workspace, store, generators, jobs
         self._cache: OrderedDict[tuple[str, float], Dataset] = OrderedDict()
-        self._described: dict[tuple, dict] = {}
+        self._described: dict[str, tuple[tuple, dict]] = {}  # name -> ((path, mtime), description)
         self._generating: set[str] = set()
         self._lock = threading.Lock()
         self._subscribers: Subscribers[dict] = Subscribers()
@@ -146,10 +146,9 @@ class DatasetCatalog:
 
     def list(self) -> list[dict]:
         """Every dataset: on disk (ready), being generated, or whose generation failed."""
-        rows = {row["name"]: row for row in self.store.datasets()}
-        out = [self.describe(name, rows.get(name)) for name in self.names()]
-        out += [self._from_row(row) for name, row in rows.items() if name not in self.names()]
-        return out
+        rows, names = {row["name"]: row for row in self.store.datasets()}, self.names()
+        return [self.describe(name, rows.get(name)) for name in names] + \
+            [self._from_row(row) for name, row in rows.items() if name not in names]
 
     def describe(self, name: str, row: dict | None = None) -> dict:
         """Name, size, status, generator, params, seed, targets and class counts; KeyError if unknown."""
@@ -160,17 +159,17 @@ class DatasetCatalog:
                 raise KeyError(f"unknown dataset {name!r}; available: {', '.join(self.names())}")
             return self._from_row(row)
         path = self.path_of(name)
-        key = (name, str(path), path.stat().st_mtime if path else 0.0)
-        if key not in self._described:  # a listing must not load every file every time
+        stamp = (str(path), path.stat().st_mtime if path else 0.0)
+        if self._described.get(name, (None,))[0] != stamp:  # a listing must not load every file every time
             data = self.load(name)
             meta, labels = data.meta, data.labels[data.labels >= 0]
-            self._described[key] = {
+            self._described[name] = stamp, {
                 "name": name, "n": len(data), "status": "ready", "builtin": name in BUILTIN_NAMES,
                 "generator": meta.get("generator") or ("MNIST" if name in BUILTIN_NAMES else None),
                 "params": meta.get("params", {}), "seed": meta.get("seed"), "created": meta.get("created"),
                 "targets": list(data.targets), "classes": torch.bincount(labels, minlength=10).tolist(),
                 "error": None, "job": None}
-        return dict(self._described[key])
+        return dict(self._described[name][1])
 
     def _from_row(self, row: dict) -> dict:
         return {"name": row["name"], "n": row["n"], "status": row["status"], "builtin": False,
