@@ -113,3 +113,18 @@ def test_params_defaults_and_schema():
     assert ThicknessGenerator.Params(low=3.0, high=3.0).low == 3.0  # a single value is allowed
     for cls in (ThicknessGenerator, SlantGenerator):
         assert {"low", "high", "split"} <= set(cls.params_schema()["schema"]["properties"])
+
+
+def test_morpho_mnist_keeps_the_digits_and_measures_them(mnist_cache):
+    from acc.generators.morpho import MorphoMnist
+    from acc.measure import measure_slant, measure_thickness
+
+    gen = MorphoMnist(mnist_cache)
+    images, targets, labels = generate(gen, seed=4, n=50)
+    digits, mnist_labels = gen.mnist()
+    pick = np.random.default_rng(4).integers(len(digits), size=50)
+    np.testing.assert_array_equal(images, digits[pick])  # unchanged
+    np.testing.assert_array_equal(labels, mnist_labels[pick])
+    np.testing.assert_array_equal(targets["thickness"], measure_thickness(digits[pick]))
+    np.testing.assert_array_equal(targets["slant"], measure_slant(digits[pick]))
+    assert 1.0 < targets["thickness"].mean() < 5.0 and targets["slant"].std() > 0.05  # real variation

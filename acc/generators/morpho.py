@@ -1,0 +1,22 @@
+"""Real MNIST digits as they are, labelled with their measured thickness and slant."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from acc.generators.base import Generator
+from acc.measure import measure_slant, measure_thickness
+
+
+class MorphoMnist(Generator):
+    """Unchanged MNIST digits with targets `thickness` and `slant` measured as Morpho-MNIST does:
+    the natural variation, to train or score factor probes on real data."""
+
+    class Params(Generator.Params):
+        split: Literal["train", "test"] = "train"
+
+    def generate(self, n, rng, params):
+        digits, labels = self.mnist(params.split)
+        pick = rng.integers(len(digits), size=n)  # drawn at random, as the other generators do
+        images = digits[pick]
+        return images, {"thickness": measure_thickness(images), "slant": measure_slant(images)}, labels[pick]
