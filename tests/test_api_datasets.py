@@ -142,6 +142,7 @@ def test_generation_runs_beside_training_and_can_be_cancelled(trainer, generated
     with trainer.client() as http:
         http.post("/api/train", json={"action": "start"})
         job = http.post("/api/datasets", json={"generator": "Gated", "name": "gated", "n": 1500}).json()
+        assert http.get("/api/datasets/gated").json()["status"] == "generating"  # listed as soon as accepted
         assert http.post("/api/datasets", json={"generator": "Gated", "name": "gated", "n": 5}).status_code == 409
         assert http.get("/api/state").json()["status"] == "running"  # not a job that owns the engine
         assert http.post(f"/api/jobs/{job['id']}/cancel").status_code == 200

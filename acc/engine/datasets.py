@@ -215,8 +215,7 @@ class DatasetCatalog:
             self.reserve(name)
         try:
             cls, checked = self.check(generator, name, n, params)
-            row = {"name": name, "generator": generator, "params": checked.model_dump(mode="json"), "seed": seed,
-                   "n": n, "info": {"job": job}}
+            row = _request_row(name, generator, checked, seed, n, job)
             self._put(row, "generating")
             try:
                 dataset = self._run(cls, checked, row, progress, cancel)
@@ -287,6 +286,11 @@ class DatasetCatalog:
                        meta=meta, name=row["name"])
 
 
+def _request_row(name: str, generator: str, params: BaseModel, seed: int, n: int, job: str | None) -> dict:
+    return {"name": name, "generator": generator, "params": params.model_dump(mode="json"), "seed": seed, "n": n,
+            "info": {"job": job}}
+
+
 def _row_args(row: dict, **changes: Any) -> dict:
     args = {k: row[k] for k in ("name", "generator", "params", "seed", "n", "path", "error", "info")}
     return {**args, **changes}
@@ -298,7 +302,8 @@ def start_generation(jobs: JobManager, catalog: DatasetCatalog, generator: str, 
     raise here, before the job starts."""
     catalog.reserve(name)
     try:
-        catalog.check(generator, name, n, params)
+        _, checked = catalog.check(generator, name, n, params)
+        catalog._put(_request_row(name, generator, checked, seed, n, None), "generating")  # listed at once
 
         def work(job: Job) -> dict:
             return catalog.generate(generator, name, n, seed, params, progress=lambda f: jobs.progress(job, f),
