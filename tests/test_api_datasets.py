@@ -185,7 +185,7 @@ def test_generation_is_deterministic_by_seed(workspace, tiny_config):
 
 def test_a_generation_cut_short_by_a_dead_trainer_is_marked_failed(session):
     session.store.put_dataset("half", status="generating", generator="G", params={}, seed=0, n=10)
-    DatasetCatalog(session.workspace, session.store, session.generators, session.jobs)
+    DatasetCatalog(session.workspace, session.store, session.generators)
     row = session.store.dataset("half")
     assert row["status"] == "failed" and "interrupted" in row["error"]
 

@@ -10,7 +10,6 @@ that does not own the engine, so training goes on meanwhile.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from acc.datasets import BUILTIN_NAMES, NAME_RE, Dataset, dataset_names, load_dataset
+from acc.datasets import BUILTIN_NAMES, Dataset, check_dataset_name, dataset_path, known_datasets, load_dataset
 from acc.engine.events import Subscribers
 from acc.engine.jobs import Cancelled, Job, JobManager
 from acc.engine.trainer import error_text
@@ -29,8 +28,6 @@ from acc.generators.base import Generator
 from acc.registry import Registry
 from acc.store import Store
 from acc.workspace import Workspace
-
-log = logging.getLogger(__name__)
 
 CHUNK = 500  # images per generate() call: progress and cancellation happen between chunks
 MAX_IMAGES = 1_000_000
@@ -43,12 +40,6 @@ class DatasetExists(ValueError):
 
 class DatasetInUse(ValueError):
     """A task trains on it: remove the task first."""
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > 64:
-        raise ValueError(f"invalid dataset name {name!r}: use 1 to 64 lowercase letters, digits, '_' and '-'")
-    return name
 
 
 def validate_params(cls: type[Generator], params: dict | None) -> BaseModel:
@@ -95,8 +86,8 @@ def _checked_output(result: Any, n: int, who: str) -> tuple[np.ndarray, dict[str
 
 
 class DatasetCatalog:
-    def __init__(self, workspace: Workspace, store: Store, generators: Registry, jobs: JobManager) -> None:
-        self.workspace, self.store, self.generators, self.jobs = workspace, store, generators, jobs
+    def __init__(self, workspace: Workspace, store: Store, generators: Registry) -> None:
+        self.workspace, self.store, self.generators = workspace, store, generators
         self._cache: OrderedDict[tuple[str, float], Dataset] = OrderedDict()
         self._described: dict[str, tuple[tuple, dict]] = {}  # name -> ((path, mtime), description)
         self._generating: set[str] = set()
@@ -118,19 +109,14 @@ class DatasetCatalog:
     # ---- reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Built-in first: mnist, mnist_test, then the generated ones by name."""
-        mnist, *generated = dataset_names(self.workspace.data_dirs)
-        return [mnist, "mnist_test", *generated]
+        return known_datasets(self.workspace.data_dirs)
 
     def path_of(self, name: str) -> Path | None:
-        for folder in self.workspace.data_dirs:
-            path = Path(folder) / f"{name}.pt"
-            if path.is_file():
-                return path
-        return None
+        return dataset_path(name, self.workspace.data_dirs)
 
     def load(self, name: str) -> Dataset:
         """The dataset, from a small cache keyed by file and modification time."""
-        check_name(name)
+        check_dataset_name(name)
         path = self.path_of(name)
         key = (str(path) if path else name, path.stat().st_mtime if path else 0.0)
         with self._lock:
@@ -152,9 +138,9 @@ class DatasetCatalog:
 
     def describe(self, name: str, row: dict | None = None) -> dict:
         """Name, size, status, generator, params, seed, targets and class counts; KeyError if unknown."""
-        check_name(name)
-        row = row or self.store.dataset(name)
+        check_dataset_name(name)
         if name not in BUILTIN_NAMES and self.path_of(name) is None:
+            row = row or self.store.dataset(name)
             if row is None:
                 raise KeyError(f"unknown dataset {name!r}; available: {', '.join(self.names())}")
             return self._from_row(row)
@@ -180,7 +166,7 @@ class DatasetCatalog:
     # ---- changing ------------------------------------------------------------------------------
     def delete(self, name: str, in_use: set[str]) -> None:
         """Delete a generated dataset's file and row. MNIST and datasets tasks train on are refused."""
-        check_name(name)
+        check_dataset_name(name)
         if name in BUILTIN_NAMES:
             raise ValueError(f"{name!r} is built in and cannot be deleted")
         if name in in_use:
@@ -198,7 +184,7 @@ class DatasetCatalog:
 
     def check(self, generator: str, name: str, n: int, params: dict | None) -> tuple[type[Generator], BaseModel]:
         """Everything about a request that can be wrong, before any work: name, size, generator, params."""
-        check_name(name)
+        check_dataset_name(name)
         if name in BUILTIN_NAMES or self.path_of(name) is not None:
             raise DatasetExists(f"dataset {name!r} already exists; delete it first or pick another name")
         if not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
@@ -250,7 +236,7 @@ class DatasetCatalog:
 
     def reserve(self, name: str) -> None:
         """Claim `name` for a generation, so that two requests cannot race for it."""
-        check_name(name)
+        check_dataset_name(name)
         with self._lock:
             if name in self._generating:
                 raise DatasetExists(f"dataset {name!r} is already being generated")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from acc.datasets import dataset_names
+from acc.datasets import known_datasets
 from acc.engine.datasets import DatasetCatalog
 from acc.engine.jobs import Cancelled, Job, JobManager
 from acc.engine.trainer import Engine
@@ -63,7 +63,7 @@ class RecipeContext:
         if self.engine is None:
             return name
         if generator is None:
-            if name not in [*dataset_names(self.engine.workspace.data_dirs), "mnist_test"]:
+            if name not in known_datasets(self.engine.workspace.data_dirs):
                 raise KeyError(f"recipe {self.recipe!r} needs dataset {name!r}, which does not exist; "
                                "generate it first, or pass generator= and n= to r.dataset")
             return name

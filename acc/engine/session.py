@@ -42,7 +42,7 @@ class Session:
         for registry in registries:
             registry.start() if watch else registry.scan()
         engine, jobs = Engine(ws, store, registries[0], config), JobManager()
-        return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1], jobs))
+        return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]))
 
     def close(self) -> None:
         for job in self.jobs.list():  # a running recipe stops at its next chunk of steps
