@@ -186,18 +186,38 @@ def up(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Trainer and dashboard on this machine in one command (embedded defaults); prints the URL."""
+    import socket
     import subprocess
     import sys
     import time
 
+    from nicegui import app as dashboard_app
+
     from acc.ui.app import run_dashboard
     from acc.ui.client import TrainerClient, TrainerError
+
+    for what, number, option in (("trainer", trainer_port, "--trainer-port"), ("dashboard", port, "--port")):
+        # Checked first: else the dashboard would quietly attach to whatever trainer holds the port.
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", number))
+            except OSError:
+                console.print(f"[red]port {number} is in use (another acc up or trainer?); "
+                              f"stop it, or pick another {what} port with {option}[/red]")
+                raise typer.Exit(1) from None
 
     command = [sys.executable, "-m", "acc", "trainer", "--port", str(trainer_port)]
     if workspace:
         command += ["--workspace", str(workspace)]
     trainer_process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{trainer_port}"
+
+    def stop_trainer() -> None:  # SIGTERM ends the dashboard's server without unwinding to `finally`
+        if trainer_process.poll() is None:
+            trainer_process.terminate()
+            trainer_process.wait(10)
+
+    dashboard_app.on_shutdown(stop_trainer)
     try:
         with TrainerClient(url) as client:
             deadline = time.monotonic() + 60
@@ -217,8 +237,7 @@ def up(
         console.print(f"[bold green]ACC dashboard: http://127.0.0.1:{port}[/bold green]  (trainer {url})")
         run_dashboard(url, None, port=port)
     finally:
-        trainer_process.terminate()
-        trainer_process.wait(10)
+        stop_trainer()
 
 
 @app.command()

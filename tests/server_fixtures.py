@@ -38,6 +38,13 @@ STARTUP_TIMEOUT_S = 60
 TaskSpec = str | dict[str, Any]  # a task type, or add_task's keyword arguments
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @dataclass(frozen=True)
 class LiveTrainer:
     base_url: str

@@ -23,6 +23,20 @@ def test_running_smoke_through_the_api_grows_the_tree(trainer_factory, workspace
         assert nodes["smoke_digit"]["branch"] == "smoke_digit"
         assert [j["id"] for j in http.get("/api/jobs").json()] == [job["id"]]
 
+        # The curves that led to each branch: shared up to the fork at step 30, their own after.
+        def curves(name: str) -> dict:
+            response = http.get(f"/api/checkpoints/{nodes[name]['id']}/metrics")
+            assert response.status_code == 200, response.text
+            return response.json()["series"]
+        recon, digit = curves("smoke_recon"), curves("smoke_digit")
+        key = "loss/reconstruction_task"
+        assert recon[key]["step"] == digit[key]["step"] == list(range(1, 51))
+        assert recon[key]["value"][:30] == digit[key]["value"][:30] != []
+        assert recon[key]["value"][30:] != digit[key]["value"][30:]
+        assert "loss/digit" not in recon and digit["loss/digit"]["step"] == list(range(31, 51))
+        assert http.get("/api/checkpoints/nope/metrics").status_code == 404
+        assert http.get(f"/api/checkpoints/{nodes['smoke_base']['id']}/metrics?max_points=2").status_code == 422
+
 
 def test_manual_edits_are_refused_while_a_recipe_drives_and_cancel_ends_it(trainer_factory, workspace):
     write_user_files(workspace, "recipes", {"user_recipes.py": USER_RECIPES})

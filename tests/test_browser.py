@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,17 +22,12 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from acc.ui.client import TrainerClient
+from tests.server_fixtures import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
 WAIT_MS = 30_000
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @contextmanager
 def run_dashboard_process(trainer_url: str, token: str | None = None) -> Iterator[str]:
@@ -215,3 +209,12 @@ def test_running_smoke_from_the_dashboard_grows_the_checkpoint_tree(dashboard, p
         "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' q-tree__node ')][1]")
     expect(parent.get_by_text("smoke_digit · step")).to_be_visible()
     assert nodes["smoke_digit"]["parent"] == base == nodes["smoke_recon"]["parent"]
+    # The trainer continues from the last branch; the two branches compare as overlaid curves.
+    expect(page.locator(f'[data-node="{nodes["smoke_digit"]["id"]}"] [data-role="current"]')).to_be_visible()
+    for name in ("smoke_recon", "smoke_digit"):
+        page.locator(f'[data-node="{nodes[name]["id"]}"]').locator(
+            "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' q-tree__node-header ')][1]"
+        ).locator(".q-checkbox").click()
+    page.get_by_role("button", name="Compare").click()
+    expect(page.locator('[data-compare-key="loss/reconstruction_task"] canvas')).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator('[data-role="compare"]').get_by_text("ClassificationTask on digit/mnist")).to_be_visible()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+
+import httpx
+
+from tests.server_fixtures import free_port
 
 
 def acc(*args, workspace, mnist_cache):
@@ -52,3 +58,40 @@ def test_data_generate_and_list(workspace, mnist_cache, generated_data_dir):
     assert listing.returncode == 0 and "SymmetryGenerator" in listing.stdout and '{"noise": 0.3}' in listing.stdout
     again = acc("data", "generate", "SymmetryGenerator", "sym", "--n", "4", workspace=workspace, mnist_cache=mnist_cache)
     assert again.returncode == 2 and "already exists" in again.stdout
+
+
+def test_up_serves_trainer_and_dashboard_and_sigterm_stops_both(workspace, mnist_cache):
+    trainer_port, port = free_port(), free_port()
+    env = {**os.environ, "ACC_WORKSPACE": str(workspace.root), "COLUMNS": "200"}
+    env.pop("PYTEST_CURRENT_TEST", None)  # else NiceGUI thinks it runs under its own test harness
+    up = subprocess.Popen([sys.executable, "-m", "acc", "up", "--port", str(port), "--trainer-port", str(trainer_port),
+                           "--no-start"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trainer = f"http://127.0.0.1:{trainer_port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert up.poll() is None and time.monotonic() < deadline, up.stdout.read() if up.poll() is not None else ""
+            time.sleep(0.1)
+        state = httpx.get(f"{trainer}/api/state").json()
+        assert [t["name"] for t in state["tasks"]] == ["reconstruction_task"] and state["status"] == "idle"
+
+        busy = acc("up", "--port", str(free_port()), "--trainer-port", str(trainer_port),
+                   workspace=workspace, mnist_cache=mnist_cache)
+        assert busy.returncode == 1 and f"port {trainer_port} is in use" in busy.stdout
+
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) is not None
+        try:
+            httpx.get(f"{trainer}/api/health", timeout=2)
+            raise AssertionError("the trainer outlived acc up")
+        except httpx.ConnectError:
+            pass
+    finally:
+        if up.poll() is None:
+            up.kill()
+        up.stdout.close()

@@ -62,6 +62,14 @@ class Failing(Recipe):
         raise RuntimeError("the recipe broke here")
 
 
+class BadTask(Recipe):
+    """Asks for a task type that does not exist; the engine finds out only when it trains."""
+    def run(self, r):
+        r.model("factor_slot", **MODEL)
+        r.add_task("NoSuchTask")  # BAD LINE
+        r.train(steps=5)
+
+
 class Long(Recipe):
     """Long enough to be cancelled."""
     def run(self, r):
@@ -186,6 +194,22 @@ def test_a_failing_recipe_ends_its_job_with_the_error_and_keeps_its_checkpoints(
     assert set(tree(recipe_session.store)) == {"before_failure"}
     assert recipe_session.engine.train(2)["step"] == 7  # the engine still serves
     assert jobs.engine_owner() is None
+
+
+def test_an_error_applying_an_operation_names_the_recipe_line_that_asked_for_it(recipe_session):
+    jobs = JobManager()
+    job = jobs.wait(start_recipe_job(jobs, recipe_session.engine, recipe_session.recipes, "BadTask").id, 120)
+    bad_line = USER_RECIPES.splitlines().index('        r.add_task("NoSuchTask")  # BAD LINE') + 1
+    assert job.status == "failed" and "NoSuchTask" in job.error
+    assert f"user_recipes.py:{bad_line} (add_task)" in job.error
+
+
+def test_each_branch_trains_in_a_run_named_after_it(recipe_session):
+    run_recipe(recipe_session.engine, recipe_session.recipes, "smoke")
+    runs = {run["id"]: run["name"] for run in recipe_session.store.runs()}
+    nodes = tree(recipe_session.store)
+    assert {name: runs[row["run_id"]] for name, row in nodes.items()} == {
+        "smoke_base": "Smoke", "smoke_recon": "smoke_recon", "smoke_digit": "smoke_digit"}
 
 
 def test_one_job_drives_the_engine_and_cancel_stops_it(recipe_session):

@@ -27,7 +27,7 @@ from acc.ui.charts import thin
 from acc.ui.client import TrainerClient
 from acc.ui.forms import SchemaForm
 from acc.ui.link import Link
-from tests.conftest import write_user_tasks
+from tests.conftest import write_user_files, write_user_tasks
 
 WAIT_S = 30
 
@@ -51,7 +51,9 @@ async def dashboard(url: str, token: str | None = None) -> AsyncIterator[User]:
     link.start()
     async with user_simulation(root=dashboard_page(link)) as user:
         try:
-            user.javascript_rules[re.compile(r"accCharts\.")] = lambda _: None  # the browser's answer
+            # The browser's answer to the awaited batches of live points (NiceGUI's simulated
+            # browser cannot answer a call that nobody awaits, such as the history's `set`).
+            user.javascript_rules[re.compile(r".*accCharts\.append", re.S)] = lambda _: None
             await user.open("/")
             yield user
         finally:
@@ -198,3 +200,63 @@ async def test_unreachable_trainer_shows_a_banner_and_the_page_recovers(workspac
         finally:
             server.should_exit = True
             await asyncio.to_thread(thread.join, 30)
+
+
+FORKING_RECIPE = """
+from pydantic import Field
+from acc.recipes.base import Recipe
+
+class TwoBranches(Recipe):
+    \"\"\"A base and two branches that differ in their learning rate.\"\"\"
+    class Params(Recipe.Params):
+        steps: int = Field(20, ge=1, description="steps of the base")
+
+    def run(self, r):
+        r.model("factor_slot", factors=["digit", "style"], slot_dim=4, channels=16, hidden=16)
+        r.add_task("ReconstructionTask")
+        r.train(steps=self.params.steps)
+        base = r.checkpoint("base")
+        with r.fork(base, "slow"):
+            r.set_lr(1e-4)
+            r.train(steps=3)
+        with r.fork(base, "fast"):
+            r.set_lr(1e-2)
+            r.train(steps=3)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_recipe_runs_with_its_form_and_its_branches_compare_as_curves(workspace, trainer_factory):
+    write_user_files(workspace, "recipes", {"two_branches.py": FORKING_RECIPE})
+    trainer = trainer_factory()
+    async with dashboard(trainer.base_url) as user:
+        choice = user.find(marker="recipe-choice").elements.pop()
+        await eventually(lambda: "TwoBranches" in choice.options)
+        choice.set_value("TwoBranches")
+        await user.should_see("A base and two branches")
+        user.find(marker="param:steps").elements.pop().set_value(7)
+        user.find(marker="run-recipe").click()
+        with TrainerClient(trainer.base_url) as client:
+            await eventually(lambda: [j["status"] for j in client.jobs()] == ["done"])
+            nodes = {c["name"]: c for c in client.checkpoints()}
+        assert nodes["base"]["step"] == 7 and nodes["fast"]["step"] == 10  # the form's 7 steps reached the recipe
+
+        tree = user.find(marker="checkpoint-tree").elements.pop()
+        def node_flags() -> dict[str, bool]:
+            def walk(items):
+                for node in items:
+                    yield node["label"].split(" ·")[0], node["current"]
+                    yield from walk(node["children"])
+            return dict(walk(tree.props["nodes"]))
+        await eventually(lambda: node_flags() == {"base": False, "slow": False, "fast": True})
+
+        user.find(marker="checkpoint-tree").trigger("update:ticked", [nodes["slow"]["id"], nodes["fast"]["id"]])
+        compare = user.find(marker="compare")
+        assert next(iter(compare.elements)).enabled
+        compare.click()
+        await user.should_see(marker="compare:loss/reconstruction_task", retries=100)
+        chart = user.find(marker="compare:loss/reconstruction_task").elements.pop()
+        lines = [s for s in chart.options["series"] if s.get("name")]
+        assert [s["name"] for s in lines] == ["slow", "fast"]
+        assert [p[0] for p in lines[0]["data"]] == list(range(1, 11))  # from the root, through the fork
+        assert lines[-1]["markLine"]["data"] == [{"xAxis": 7}]  # the fork, at the base's step

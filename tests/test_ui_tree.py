@@ -1,6 +1,9 @@
-"""The checkpoint tree's pure parts: nesting by parent, headline metrics, side-by-side differences."""
+"""The checkpoint tree's pure parts: nesting by parent, headline metrics, side-by-side differences,
+the curves overlaid in the compare dialog."""
 
-from acc.ui.tree import differences, key_metrics, tree_nodes
+import pytest
+
+from acc.ui.tree import COLORS, compare_keys, compare_options, differences, fork_step, key_metrics, smooth, tree_nodes
 
 
 def row(id, parent, step, metrics=None, tasks=(), branch=None):
@@ -15,6 +18,8 @@ def test_forks_show_as_siblings_under_their_parent():
     assert [n["id"] for n in roots[0]["children"]] == ["b", "c"]
     assert [n["id"] for n in roots[0]["children"][1]["children"]] == ["d"]
     assert roots[0]["label"] == "na · step 10"
+    assert [n["current"] for n in roots] == [False, False]
+    assert tree_nodes(rows, current="d")[0]["children"][1]["children"][0]["current"] is True
 
 
 def test_key_metrics_prefer_evaluation():
@@ -34,3 +39,31 @@ def test_differences_cover_tasks_weights_steps_and_metrics():
     assert table["task recon"]["a"].endswith("weight 1") and table["task recon"]["b"].endswith("weight 0.5")
     assert table["task digit"]["a"] == "—" and "ClassificationTask on digit/mnist" in table["task digit"]["b"]
     assert table["loss/digit"]["a"] == "—" and table["loss/recon"]["b"] == "0.25"
+
+
+def test_fork_step_is_the_nearest_common_ancestor():
+    rows = {r["id"]: r for r in [row("a", None, 10), row("b", "a", 20), row("c", "a", 25), row("d", "c", 30),
+                                  row("x", None, 7)]}
+    assert fork_step(rows, "b", "d") == 10
+    assert fork_step(rows, "c", "d") == 25  # one descends from the other: they part at the older
+    assert fork_step(rows, "b", "x") is None
+
+
+def test_compare_keys_put_shared_then_evaluation_first():
+    a = {"loss/total": 1, "loss/recon": 1, "eval/recon/mse": 1, "lr": 1}
+    b = {"loss/total": 1, "loss/digit": 1, "eval/recon/mse": 1}
+    assert compare_keys(a, b) == ["eval/recon/mse", "loss/total", "loss/digit", "loss/recon"]
+
+
+def test_smoothing_is_debiased():
+    assert smooth([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    assert smooth([1.0, 3.0], 0.5) == pytest.approx([1.0, (0.25 + 1.5) / 0.75])
+
+
+def test_each_checkpoint_keeps_its_color_and_the_fork_is_marked():
+    points = {"step": [1, 2, 3], "value": [3.0, 2.0, 1.0]}
+    options = compare_options("loss/digit", [("a", None), ("b", points)], forked_at=2)
+    named = [s for s in options["series"] if s.get("name")]
+    assert [(s["name"], s["color"]) for s in named] == [("b", COLORS[1])]
+    assert named[0]["markLine"]["data"] == [{"xAxis": 2}]
+    assert [p[0] for p in named[0]["data"]] == [1, 2, 3]

@@ -9,8 +9,10 @@ checkpoint it had made. The same laziness gives a dry run (`plan_recipe`) that c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -33,6 +35,18 @@ TRAIN_CHUNK = 50  # steps between checks for cancellation and progress reports
 class Op:
     kind: str
     args: dict[str, Any] = field(default_factory=dict)
+    where: str = field(default_factory=lambda: _recipe_line())  # the recipe line that asked for it
+
+
+def _recipe_line() -> str:
+    """`file:line` of the innermost frame outside this module, contextlib and generated code (the
+    dataclass's `__init__`): the recipe's line. Operations are applied later than they are
+    recorded, so an error names this line as well."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename in (__file__, contextlib.__file__)
+                                 or frame.f_code.co_filename.startswith("<")):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
 
 class RecipeContext:
@@ -53,7 +67,7 @@ class RecipeContext:
     # ---- the recipe API ----------------------------------------------------------------------
     def model(self, name: str, **config: Any) -> None:
         """Start from a fresh model `build_model({"name": name, **config})` (tasks cleared)."""
-        self._pending.append(Op("set_model", {"config": {"name": name, **config}}))
+        self._pending.append(Op("set_model", {"config": {"name": name, **config}, "run_name": self.branch}))
 
     def dataset(self, name: str, generator: str | None = None, n: int | None = None, seed: int = 0,
                 **params: Any) -> str:
@@ -106,7 +120,7 @@ class RecipeContext:
         if existing is not None:
             self._count_pending_steps()
             self._pending.clear()
-            self.engine.load_checkpoint(existing["id"])
+            self.engine.load_checkpoint(existing["id"], branch=self.branch)
             self.skipped.append(name)
             row = {key: existing[key] for key in ("id", "name", "parent", "step")}
         else:
@@ -118,15 +132,15 @@ class RecipeContext:
 
     def load(self, checkpoint: dict | str) -> None:
         """Continue from a checkpoint (a dict from `checkpoint()`, or an id or name)."""
-        self._pending = [Op("load_checkpoint", {"id_or_name": _checkpoint_id(checkpoint)})]
+        self._pending = [Op("load_checkpoint", {"id_or_name": _checkpoint_id(checkpoint), "branch": self.branch})]
 
     @contextmanager
     def fork(self, parent: dict | str, name: str) -> Iterator["RecipeContext"]:
         """A branch from `parent` (its weights, tasks and optimizer state); at the end of the block
         the branch is saved as checkpoint `name`, a child of `parent`."""
         outer = self.branch
-        self.load(parent)
         self.branch = name
+        self.load(parent)  # the run it starts is named after the branch
         try:
             yield self
             if not (self.checkpoints and self.checkpoints[-1]["name"] == name and not self._pending):
@@ -155,17 +169,26 @@ class RecipeContext:
             self._progress(sum(op.args["steps"] for op in pending if op.kind == "train"))
             return
         for op in pending:
-            if op.kind == "train":
-                left = op.args["steps"]
-                while left:
-                    if self._cancel.is_set():
-                        raise Cancelled(f"recipe {self.recipe!r} cancelled at step {self.engine.step}")
-                    chunk = min(TRAIN_CHUNK, left)
-                    self.engine.train(chunk)
-                    left -= chunk
-                    self._progress(chunk)
-            else:
-                self.engine.call(op.kind, **op.args)
+            try:
+                self._apply(op)
+            except Cancelled:
+                raise
+            except Exception as e:
+                e.add_note(f"in recipe {self.recipe}, asked for at {op.where} ({op.kind})")
+                raise
+
+    def _apply(self, op: Op) -> None:
+        if op.kind != "train":
+            self.engine.call(op.kind, **op.args)
+            return
+        left = op.args["steps"]
+        while left:
+            if self._cancel.is_set():
+                raise Cancelled(f"recipe {self.recipe!r} cancelled at step {self.engine.step}")
+            chunk = min(TRAIN_CHUNK, left)
+            self.engine.train(chunk)
+            left -= chunk
+            self._progress(chunk)
 
     def _progress(self, steps: int) -> None:
         self.steps_done += steps

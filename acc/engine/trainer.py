@@ -101,10 +101,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def error_text(e: BaseException) -> str:
-    """`Type: message (file:line)` of the deepest frame, for an error shown to a researcher."""
+    """`Type: message (file:line)` of the deepest frame, for an error shown to a researcher, then
+    the exception's notes (e.g. the line of the recipe that asked for what failed)."""
     frames = traceback.extract_tb(e.__traceback__)
     where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(e).__name__}: {e}{where}"
+    return "\n".join([f"{type(e).__name__}: {e}{where}", *getattr(e, "__notes__", ())])
 
 
 def spread(n: int, total: int) -> torch.Tensor:
@@ -185,9 +186,10 @@ class Engine:
     def update_task(self, name: str, weight: float | None = None, enabled: bool | None = None) -> TaskState:
         return self.call("update_task", name=name, weight=weight, enabled=enabled)
 
-    def set_model(self, config: dict) -> dict:
-        """Replace the model by `build_model(config)`; tasks are removed and a new run begins."""
-        return self.call("set_model", config=config)
+    def set_model(self, config: dict, run_name: str | None = None) -> dict:
+        """Replace the model by `build_model(config)`; tasks are removed and a new run begins
+        (named `run_name`, else as configured)."""
+        return self.call("set_model", config=config, run_name=run_name)
 
     def set_lr(self, lr: float) -> None:
         self.call("set_lr", lr=lr)
@@ -332,7 +334,7 @@ class Engine:
         self._set_status("running")
         return self._done
 
-    def _do_set_model(self, config: dict) -> dict:
+    def _do_set_model(self, config: dict, run_name: str | None = None) -> dict:
         """Start over with a new model: tasks are removed, the step is 0, a new run begins."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
@@ -342,7 +344,7 @@ class Engine:
             self.model, self.tasks = model, {}
         self.optimizer = self._new_optimizer(model, [])
         self.step, self.parent_checkpoint, self.last_eval, self.last_eval_step = 0, None, {}, None
-        self.run_id = self._new_run()
+        self.run_id = self._new_run(run_name)
         self._reset_streams()
         self._set_status("idle")
         self._event("model", f"new model {config.get('name')!r}", model=model.config())

@@ -25,6 +25,7 @@ from acc.engine import DuplicateTaskError, Engine, EngineClosed
 from acc.engine import TaskState as EngineTaskState
 from acc.engine.jobs import JobConflict
 from acc.engine.recipes import start_recipe_job
+from acc.store.lineage import lineage_metrics
 from acc.engine.session import Session
 from acc.server.images import grid_png
 from acc.server.schemas import (TASK_NAME, Checkpoint, CheckpointCreate, Error, EvalResult, ForkRequest, Health, Job,
@@ -236,6 +237,24 @@ def checkpoints(session: SessionDep) -> list[Checkpoint]:
     """Every checkpoint of the workspace, oldest first; `parent` links make the tree."""
     run_names = _run_names(session)
     return [_checkpoint(row, run_names) for row in session.store.checkpoints()]
+
+
+@router.get("/checkpoints/{id}/metrics", response_model=Metrics)
+def checkpoint_metrics(
+    id: NameInPath,
+    session: SessionDep,
+    keys: Annotated[str | None, Query(max_length=10_000, description="comma-separated keys; all when absent")] = None,
+    max_points: Annotated[int, Query(ge=3, le=20_000, description="per series, downsampled beyond")] = 2000,
+) -> Response:
+    """The curves that led to a checkpoint, from the root of its tree: its own run after its
+    parent's step, the parent's run before that, and so on (see `acc.store.lineage`)."""
+    wanted = [key for key in keys.split(",") if key] if keys else None
+    session.store.flush()
+    try:
+        series = lineage_metrics(session.store, id, wanted, max_points)
+    except KeyError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, e.args[0]) from None
+    return Response(Metrics(series=series).model_dump_json(), media_type="application/json")
 
 
 @router.post("/checkpoints", response_model=Checkpoint, status_code=status.HTTP_201_CREATED, dependencies=Manual)

@@ -205,6 +205,7 @@ class Dashboard:
             return
         previous, self.state = self.state, state
         self.status.show(state)
+        self.checkpoints.show_current(state["parent_checkpoint"])
         if previous is None or state["tasks"] is not previous["tasks"]:
             self.tasks.sync(state)
         if self.run_id is not None and state["run_id"] != self.run_id:  # a checkpoint was loaded

@@ -117,6 +117,12 @@ class TrainerClient:
     def checkpoints(self) -> list[dict]:
         return self._json("GET", "/api/checkpoints")
 
+    def checkpoint_metrics(self, checkpoint_id: str, keys: list[str] | None = None,
+                           max_points: int = 2000) -> dict[str, dict[str, list]]:
+        """The curves that led to a checkpoint, across the runs of its ancestors."""
+        params: dict[str, Any] = {"max_points": max_points} | ({"keys": ",".join(keys)} if keys else {})
+        return self._json("GET", f"/api/checkpoints/{checkpoint_id}/metrics", params=params)["series"]
+
     def save_checkpoint(self, name: str | None = None) -> dict:
         return self._json("POST", "/api/checkpoints", json={"name": name} if name else {})
 

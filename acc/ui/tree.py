@@ -1,9 +1,11 @@
 """The checkpoint tree and the recipe runner panels (M1.95).
 
 The tree is drawn as a tree: each checkpoint under its parent, so forks from one parent show as
-sibling branches, each node with its step and key metrics. Select a node to load it or fork a new
-branch from it; tick two to see their differences side by side (tasks, loss weights, steps,
-metrics). The recipes panel runs a recipe as a job and follows its progress from the stream.
+sibling branches, each node with its step and key metrics, and the one the trainer continues from
+marked. Select a node to load it or fork a new branch from it; tick two to see their differences
+side by side (tasks, loss weights, steps, metrics) and their curves overlaid from the root of the
+tree, parting where they were forked. The recipes panel runs a recipe (with its parameters) as a
+job and follows its progress from the stream.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from typing import Any
 from nicegui import ui
 
 from acc.ui.actions import FAILED, act, fetch
+from acc.ui.forms import SchemaForm
 from acc.ui.link import Link
 
 KEY_METRICS = 2  # metrics shown on a node's line
+COMPARE_CHARTS = 8  # curves in the compare dialog, the keys both checkpoints have first
+COMPARE_POINTS = 500  # per curve
+COMPARE_SMOOTHING = 0.6  # as the main charts' default
+COLORS = ("#1976d2", "#ef6c00")  # checkpoint a, checkpoint b
 
 
 def key_metrics(metrics: dict[str, float | None]) -> str:
@@ -25,11 +32,12 @@ def key_metrics(metrics: dict[str, float | None]) -> str:
     return "  ".join(f"{k.removeprefix('eval/')}={metrics[k]:.4g}" for k in ranked[:KEY_METRICS])
 
 
-def tree_nodes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Quasar tree nodes from checkpoint rows: children under their parent, oldest first."""
+def tree_nodes(rows: list[dict[str, Any]], current: str | None = None) -> list[dict[str, Any]]:
+    """Quasar tree nodes from checkpoint rows: children under their parent, oldest first;
+    `current` is the checkpoint the trainer continues from (the last saved or loaded)."""
     nodes = {row["id"]: {"id": row["id"], "label": f"{row['name']} · step {row['step']:,}",
                          "caption": " · ".join(filter(None, [row.get("branch") or "", key_metrics(row["metrics"])])),
-                         "children": []} for row in rows}
+                         "current": row["id"] == current, "children": []} for row in rows}
     roots = []
     for row in rows:
         parent = nodes.get(row["parent"])
@@ -56,6 +64,57 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, str]]:
     return [{"field": field, "a": show(x), "b": show(y), "same": "" if x == y else "≠"} for field, x, y in rows]
 
 
+def fork_step(rows: dict[str, dict[str, Any]], a: str, b: str) -> int | None:
+    """The step of the nearest checkpoint that `a` and `b` both descend from (or are), else None."""
+    def chain(node: str | None) -> list[str]:
+        out: list[str] = []
+        while node in rows and node not in out:
+            out.append(node)
+            node = rows[node]["parent"]
+        return out
+    ancestors_of_a = set(chain(a))
+    common = next((node for node in chain(b) if node in ancestors_of_a), None)
+    return rows[common]["step"] if common is not None else None
+
+
+def compare_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The curves worth overlaying: evaluation, then losses; those both have first."""
+    keys = {k for k in set(a) | set(b) if k.startswith(("eval/", "loss/"))}
+    return sorted(keys, key=lambda k: (not (k in a and k in b), not k.startswith("eval/"), k))[:COMPARE_CHARTS]
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's debiased exponential moving average (the main charts do it in the browser)."""
+    last, out = 0.0, []
+    for i, v in enumerate(values, 1):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** i))
+    return out
+
+
+def compare_options(key: str, curves: list[tuple[str, dict[str, list] | None]], forked_at: int | None) -> dict[str, Any]:
+    """ECharts options overlaying one key's curve for each (name, series or None where that
+    checkpoint lacks the key): raw faint, smoothed solid, one color per checkpoint."""
+    series: list[dict[str, Any]] = []
+    for (name, points), color in zip(curves, COLORS):
+        if points is None:
+            continue
+        raw = list(zip(points["step"], points["value"]))
+        smoothed = list(zip(points["step"], smooth(points["value"], COMPARE_SMOOTHING)))
+        line = {"type": "line", "showSymbol": False, "color": color, "animation": False}
+        series += [{**line, "data": raw, "lineStyle": {"opacity": 0.25}, "silent": True},
+                   {**line, "name": name, "data": smoothed}]
+    if forked_at is not None and series:
+        series[-1]["markLine"] = {"silent": True, "symbol": "none", "lineStyle": {"color": "#9e9e9e", "type": "dashed"},
+                                  "label": {"formatter": "fork", "position": "insideEndTop"},
+                                  "data": [{"xAxis": forked_at}]}
+    return {"title": {"text": key, "left": "center", "textStyle": {"fontSize": 12, "fontWeight": "normal"}},
+            "legend": {"bottom": 0, "textStyle": {"fontSize": 11}},
+            "grid": {"left": 48, "right": 16, "top": 28, "bottom": 40},
+            "xAxis": {"type": "value", "min": "dataMin", "max": "dataMax"},
+            "yAxis": {"type": "value", "scale": True}, "tooltip": {"trigger": "axis"}, "series": series}
+
+
 class CheckpointTree:
     """The workspace's checkpoints as a tree, with save, load, fork and compare."""
 
@@ -69,18 +128,23 @@ class CheckpointTree:
             ui.button(icon="save", on_click=self.save).props("flat dense round").tooltip("save a checkpoint now")
         self.tree = ui.tree([], node_key="id", label_key="label", tick_strategy="strict",
                             on_select=lambda e: self._show_selection(), on_tick=lambda e: self._show_selection())
-        self.tree.props('data-role="checkpoint-tree" dense no-transition')
+        self.tree.props('data-role="checkpoint-tree" dense no-transition').mark("checkpoint-tree")
         self.tree.add_slot("default-header", """
             <div class="column" :data-node="props.node.id">
-              <span class="text-body2">{{ props.node.label }}</span>
+              <span class="text-body2">{{ props.node.label }}
+                <q-badge v-if="props.node.current" color="teal" label="current" data-role="current"
+                         title="the trainer continues from here" />
+              </span>
               <span class="acc-note">{{ props.node.caption }}</span>
             </div>""")
+        self.current: str | None = None
         with ui.row().classes("full-width items-center acc-gap-sm"):
             self.selected = ui.label("select a node · tick two to compare").classes("acc-note")
             ui.space()
             self.load_button = ui.button("Load", icon="restore", on_click=self.load).props("flat dense")
             self.fork_button = ui.button("Fork", icon="call_split", on_click=self.fork).props("flat dense")
-            self.compare_button = ui.button("Compare", icon="compare_arrows", on_click=self.compare).props("flat dense")
+            self.compare_button = ui.button("Compare", icon="compare_arrows", on_click=self.compare).props(
+                "flat dense").mark("compare")
         self._show_selection()
 
     async def refresh(self) -> None:
@@ -88,7 +152,16 @@ class CheckpointTree:
         if rows is None:
             return
         self.rows = {row["id"]: row for row in rows}
-        self.tree.props["nodes"] = tree_nodes(rows)
+        self._draw()
+
+    def show_current(self, checkpoint: str | None) -> None:
+        """Mark the checkpoint the trainer continues from (from the state)."""
+        if checkpoint != self.current:
+            self.current = checkpoint
+            self._draw()
+
+    def _draw(self) -> None:
+        self.tree.props["nodes"] = tree_nodes(list(self.rows.values()), self.current)
         self.tree.update()
         self.tree.expand()
         self._show_selection()
@@ -144,39 +217,72 @@ class CheckpointTree:
         if name and await act(f"forking {row['name']}", self.link.client.fork_checkpoint, row["id"], name) is not FAILED:
             ui.notify(f"branch {name!r} started from {row['name']!r}", type="positive")
 
-    def compare(self) -> None:
+    async def compare(self) -> None:
         ticked = sorted(self._ticked(), key=lambda r: r["created"])
         if len(ticked) != 2:
             return
         a, b = ticked
-        with ui.dialog() as dialog, ui.card().style("min-width: 40rem"):
+        lineages = [await fetch(self.link.client.checkpoint_metrics, row["id"], max_points=COMPARE_POINTS)
+                    for row in ticked]
+        with ui.dialog() as dialog, ui.card().style("width: min(95vw, 72rem); max-width: none"):
             ui.label(f"{a['name']}  vs  {b['name']}").classes("acc-title")
             columns = [{"name": "field", "label": "", "field": "field", "align": "left"},
                        {"name": "a", "label": a["name"], "field": "a", "align": "left"},
                        {"name": "b", "label": b["name"], "field": "b", "align": "left"},
                        {"name": "same", "label": "", "field": "same"}]
             ui.table(columns=columns, rows=differences(a, b), row_key="field", pagination=0).props(
-                'dense flat data-role="compare"').classes("full-width")
+                'dense flat wrap-cells data-role="compare"').classes("full-width")
+            if None in lineages:
+                ui.label("The curves could not be fetched; see the banner.").classes("acc-note")
+            else:
+                curves_a, curves_b = lineages
+                forked_at = fork_step(self.rows, a["id"], b["id"])
+                with ui.element().classes("acc-grid"):
+                    for key in compare_keys(curves_a, curves_b):
+                        curves = [(row["name"], lineage.get(key)) for row, lineage in zip(ticked, lineages)]
+                        ui.echart(compare_options(key, curves, forked_at)).style("height: 14rem").props(
+                            f'data-compare-key="{key}"').mark(f"compare:{key}")
             ui.button("Close", on_click=dialog.close).props("flat")
         dialog.on("hide", dialog.delete)
         dialog.open()
 
 
 class RecipesPanel:
-    """Run a recipe as a job; its progress and outcome come from the `job` stream events."""
+    """Run a recipe as a job, with its parameters (a form from its `Params`); its progress and
+    outcome come from the `job` stream events."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.items: dict[str, dict[str, Any]] = {}
+        self.form: SchemaForm | None = None
         with ui.row().classes("full-width items-center"):
             ui.label("Recipes").classes("acc-title")
             ui.space()
-            self.choice = ui.select([], label="recipe").props('dense data-role="recipe-choice"').style("width: 12rem")
-            ui.button("Run", icon="play_arrow", on_click=self.run).props("flat dense")
+            self.choice = ui.select([], label="recipe", on_change=lambda: self._show_recipe()).props(
+                'dense data-role="recipe-choice"').style("width: 12rem").mark("recipe-choice")
+            ui.button("Run", icon="play_arrow", on_click=self.run).props("flat dense").mark("run-recipe")
+        self.about = ui.column().classes("full-width acc-gap-xs")
         self.box = ui.column().classes("full-width acc-gap-xs")
 
     def set_registry(self, listing: dict[str, Any]) -> None:
-        self.choice.set_options([item["name"] for item in listing["items"]], value=self.choice.value)
+        items = {item["name"]: item for item in listing["items"]}
+        changed = items.get(self.choice.value) != self.items.get(self.choice.value)
+        self.items = items
+        self.choice.set_options(list(items), value=self.choice.value if self.choice.value in items else None)
+        if changed:  # its file changed: its doc and parameters may have too
+            self._show_recipe()
+
+    def _show_recipe(self) -> None:
+        self.about.clear()
+        self.form = None
+        item = self.items.get(self.choice.value)
+        if item is None:
+            return
+        with self.about:
+            if item["doc"]:
+                ui.label(item["doc"]).classes("acc-note acc-pre")
+            self.form = SchemaForm(item["params"].get("schema", {}))
 
     async def load(self) -> None:
         jobs = await fetch(self.link.client.jobs)
@@ -193,7 +299,12 @@ class RecipesPanel:
         if not self.choice.value:
             ui.notify("choose a recipe first", type="warning")
             return
-        job = await act(f"running {self.choice.value}", self.link.client.run_recipe, self.choice.value)
+        try:
+            params = self.form.values() if self.form else {}
+        except ValueError as e:
+            ui.notify(f"recipe parameter {e}", type="warning")
+            return
+        job = await act(f"running {self.choice.value}", self.link.client.run_recipe, self.choice.value, params)
         if job is not FAILED:
             self.show_job(job)
 
