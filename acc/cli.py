@@ -113,23 +113,32 @@ def run(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run a recipe headless; checkpoints it already made (same recipe version) are reused."""
+    from pydantic import ValidationError
+
     from acc.engine import EngineConfig
-    from acc.engine.recipes import run_recipe
+    from acc.engine.recipes import find_recipe, run_recipe
     from acc.engine.session import Session
+    from acc.engine.trainer import error_text
 
     config = EngineConfig(seed=seed, device=device, batch_size=batch_size, eval_every=eval_every)
     with Session.open(workspace, config, watch=False) as session:
-        columns = [TextColumn(f"[bold]{recipe}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        params = parse_options(param or [], "--param")
+        try:  # a wrong name or parameter is the caller's mistake (exit 2), found before anything runs
+            name = find_recipe(session.recipes, recipe).__name__
+            session.recipes.get(name).Params(**params)
+        except KeyError as e:
+            console.print(f"[red]{e.args[0]}[/red]")
+            raise typer.Exit(2)
+        except ValidationError as e:
+            console.print(f"[red]invalid parameters for recipe {name}:[/red] {e}")
+            raise typer.Exit(2)
+        columns = [TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console) as progress:
-            bar = progress.add_task(recipe, total=None)
+            bar = progress.add_task(name, total=None)
             try:
-                result = run_recipe(session.engine, session.recipes, recipe, parse_options(param or [], "--param"),
-                                    datasets=session.datasets, on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
-            except KeyError as e:
-                console.print(f"[red]{e.args[0]}[/red]")
-                raise typer.Exit(2)
-            except Exception as e:
-                from acc.engine.trainer import error_text
+                result = run_recipe(session.engine, session.recipes, name, params, datasets=session.datasets,
+                                    on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+            except Exception as e:  # what the recipe raised, with the recipe line that asked for it
                 console.print(f"[red]recipe failed:[/red] {error_text(e)}")
                 raise typer.Exit(1)
         table = Table("checkpoint", "id", "parent", "step", title=f"{result.recipe} ({result.steps} steps)")

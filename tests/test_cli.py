@@ -95,3 +95,22 @@ def test_up_serves_trainer_and_dashboard_and_sigterm_stops_both(workspace, mnist
         if up.poll() is None:
             up.kill()
         up.stdout.close()
+
+
+def test_run_a_recipe_headless_then_again_reusing_its_checkpoints(workspace, mnist_cache):
+    from tests.conftest import write_user_files
+    from tests.test_recipes import USER_RECIPES
+
+    write_user_files(workspace, "recipes", {"user_recipes.py": USER_RECIPES})
+    first = acc("run", "only_recon", "--batch-size", "16", workspace=workspace, mnist_cache=mnist_cache)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "OnlyRecon (50 steps)" in first.stdout and "smoke_recon" in first.stdout and "reused" not in first.stdout
+    again = acc("run", "OnlyRecon", "--batch-size", "16", workspace=workspace, mnist_cache=mnist_cache)
+    assert again.returncode == 0 and "smoke_base (reused)" in again.stdout and "smoke_recon (reused)" in again.stdout
+
+    unknown = acc("run", "nosuch", workspace=workspace, mnist_cache=mnist_cache)
+    assert unknown.returncode == 2 and "known:" in unknown.stdout and "━" not in unknown.stdout
+    bad = acc("run", "smoke", "--param", "x=1", workspace=workspace, mnist_cache=mnist_cache)
+    assert bad.returncode == 2 and "invalid parameters for recipe Smoke" in bad.stdout
+    failing = acc("run", "BadTask", workspace=workspace, mnist_cache=mnist_cache)
+    assert failing.returncode == 1 and "NoSuchTask" in failing.stdout and "user_recipes.py:" in failing.stdout
