@@ -142,6 +142,25 @@ def test_curves_are_drawn_grow_live_and_survive_a_reload(training, page):
     assert wait_for_chart(page, "loss/total", f"lastStep >= {later['lastStep']}")["points"] >= later["points"] * 0.5
 
 
+def test_the_first_history_comes_over_http_or_else_over_the_websocket(dashboard, browser):
+    url, client = dashboard
+    client.train("start", steps=25)
+    eventually(lambda: client.state()["step"] == 25 and client.state()["status"] == "idle")
+    for blocked in (False, True):
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        page = context.new_page()
+        if blocked:  # the browser's fetch fails: the page still gets its history, over the websocket
+            page.route("**/_acc/history/*", lambda route: route.abort())
+            page.goto(url)
+        else:
+            with page.expect_response(lambda r: "/_acc/history/" in r.url) as answer:
+                page.goto(url)
+            batches = answer.value.json()
+            assert batches and all(len(points) == 25 for points in batches.values())
+        assert wait_for_chart(page, "loss/total", "lastStep == 25")["points"] == 25
+        context.close()
+
+
 def test_weight_slider_reaches_the_trainer(training, page):
     url, client = training
     page.goto(url)

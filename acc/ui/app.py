@@ -21,7 +21,7 @@ from typing import Any
 from nicegui import app, background_tasks, ui
 
 from acc.ui.actions import fetch
-from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid
+from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory
 from acc.ui.datasets import DatasetsPanel
 from acc.ui.link import Link, metric_points
 from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
@@ -67,9 +67,10 @@ class Dashboard:
         self.state: dict[str, Any] | None = None
         self._retry_at = 0.0
         self._build()
-        # Load while the browser starts the page: the history is there when it connects.
-        self._first_load = background_tasks.create(self.reload(), name="acc-load") \
-            if link.connection.status == "connected" else None
+        self._first_load = None
+        if link.connection.status == "connected":  # load while the browser starts the page
+            self.charts.first = FirstHistory()  # the browser fetches the curves' history itself
+            self._first_load = background_tasks.create(self.reload(), name="acc-load")
         ui.timer(TICK_S, self.tick)
 
     # ---- layout ----------------------------------------------------------------------------------
@@ -229,6 +230,8 @@ class Dashboard:
 
 def dashboard_page(link: Link) -> Callable[[], None]:
     """The root page function for `ui.run`: a new `Dashboard` per visit."""
+    FirstHistory.route()
+
     def page() -> None:
         Dashboard(link)
     return page

@@ -3,7 +3,8 @@
 The points never sit in the charts' NiceGUI options (Vue would watch every one of them, and any
 change would re-send the whole chart): they go to the browser's `accCharts` (`CHARTS_JS`), which
 keeps them beside each ECharts instance. A chart's history, downsampled by the server (min/max/
-last per bucket, so spikes stay), goes with `set`; after that only new points cross the
+last per bucket, so spikes stay), goes with `set` (a page's first one is fetched by the browser
+over plain HTTP while the page still loads: `FirstHistory`); after that only new points cross the
 websocket: the points of one flush, thinned to their min, max and last per key, go to every chart
 in ONE `append`, which the browser answers once it has taken them, so a slow tab gets bigger
 batches rather than a growing backlog. Smoothing and the log scale are applied in the browser:
@@ -13,12 +14,16 @@ points is fetched again, downsampled.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import secrets
+import time
 from collections.abc import Callable, Iterable
 
-from nicegui import run, ui
+from fastapi import Response
+from nicegui import Client, app, background_tasks, run, ui
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ window.accCharts = {
   // A chart's whole series; `keepNewer` keeps the points it already has past the new ones' end
   // (a series fetched again while live points kept coming).
   set(batches, keepNewer = false) { this.queue(batches, {reset: true, keepNewer}); },
+  // The page's first history, asked for while the scripts load (see `FirstHistory`).
+  fetchFirst(url) { fetch(url).then((r) => r.ok ? r.json() : {}).then((b) => this.set(b)).catch(() => {}); },
   append(batches) { this.queue(batches, {reset: false}); },
   queue(batches, how) {
     for (const [id, points] of Object.entries(batches)) {
@@ -104,7 +111,7 @@ window.accCharts = {
       this.drawOrDefer(el);
       this.pending.delete(id);
     }
-    if (this.pending.size && !this.retry) this.retry = setTimeout(() => { this.retry = null; this.drain(); }, 50);
+    if (this.pending.size && !this.retry) this.retry = setTimeout(() => { this.retry = null; this.drain(); }, 16);
   },
   draw(el) {
     const s = el.accData;
@@ -208,6 +215,63 @@ class MetricChart:
         self.last_step = max(ends, default=None)
 
 
+class FirstHistory:
+    """Hands a page its first history over plain HTTP, fetched by the browser while NiceGUI's
+    scripts still load and parse, so that the points are there when the charts mount, instead
+    of following the websocket's connection. The server side of a page resolves `promise()`; the
+    page's head asks `/_acc/history/<token>`, which answers once they are loaded or after
+    `WAIT_S` (empty: the history then goes over the websocket as for every later load)."""
+
+    WAIT_S = 1.0
+    KEEP_S = 60.0  # a page whose browser never asks (a prefetch, a closed tab) is forgotten
+    waiting: dict[str, tuple[float, asyncio.Future]] = {}
+
+    def __init__(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, (made, _) in self.waiting.items() if now - made > self.KEEP_S]:
+            self.waiting.pop(token)[1].cancel()
+        self.token = secrets.token_urlsafe(16)
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.waiting[self.token] = (now, self.future)
+        ui.add_head_html(f'<script>accCharts.fetchFirst("/_acc/history/{self.token}")</script>')
+
+    def give(self, batches_json: str, client: Client) -> bool:
+        """Hand over the history (JSON of `accCharts.set`'s batches); False if it is too late."""
+        if self.future.done():
+            return False
+        self.future.set_result(batches_json)
+        background_tasks.create(self._unless_fetched(batches_json, client), name="acc-first-history")
+        return True
+
+    async def _unless_fetched(self, batches_json: str, client: Client) -> None:
+        """A browser that never asked (its fetch failed) gets the history over the websocket."""
+        try:
+            await client.connected(timeout=self.KEEP_S)
+        except Exception:  # gone before it connected
+            self.waiting.pop(self.token, None)
+            return
+        if self.waiting.pop(self.token, None) is not None:
+            client.run_javascript(f"accCharts.set({batches_json})")
+
+    @classmethod
+    def route(cls) -> None:
+        """Register the endpoint in NiceGUI's app (once)."""
+        if any(getattr(r, "path", None) == "/_acc/history/{token}" for r in app.routes):
+            return
+
+        @app.get("/_acc/history/{token}", include_in_schema=False)
+        async def first_history(token: str) -> Response:
+            _, future = cls.waiting.pop(token, (None, None))
+            if future is None:
+                return Response("{}", media_type="application/json")
+            try:
+                body = await asyncio.wait_for(asyncio.shield(future), cls.WAIT_S)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                future.cancel()  # too late: the page sends it over the websocket instead
+                body = "{}"
+            return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
 class ChartGrid:
     """All metric charts of a page, in sections; new keys get a chart when their first point comes."""
 
@@ -219,6 +283,7 @@ class ChartGrid:
         self.client = ui.context.client  # loads also run from background tasks, outside any UI context
         self.charts: dict[str, MetricChart] = {}
         self.run: int | None = None  # the run shown: None for the trainer's current one, live
+        self.first: FirstHistory | None = None  # set by the page while the browser may fetch the first history
         self._pending: dict[str, Points] = {}
         with sections["loss"]:
             self.empty = ui.label("No curves in this run yet: add a task and press Start, or pick an earlier run.")
@@ -249,6 +314,9 @@ class ChartGrid:
                 chart = self._chart(key)
                 chart.reset(points, keep_newer)
                 batches[chart.element.id] = points
+        first, self.first = self.first, None
+        if first is not None and first.give(_json(batches), self.client):
+            return
         if batches:  # not awaited: before the browser connects, this waits for it in NiceGUI's outbox
             self.client.run_javascript(f"accCharts.set({_json(batches)}, {json.dumps(keep_newer)})")
 
