@@ -87,6 +87,10 @@ def test_fork_by_hand_starts_a_branch_from_a_checkpoint(live_trainer):
         assert state["parent_checkpoint"] == base["id"] and state["step"] == base["step"]
         child = http.post("/api/checkpoints", json={"name": "after"}).json()
         assert child["parent"] == base["id"] and child["branch"] == "try-lr"
+        # The branch's run is empty so far, but with its ancestors it begins with base's curves.
+        own = http.get("/api/metrics", params={"keys": "loss/total"}).json()["series"]["loss/total"]
+        full = http.get("/api/metrics", params={"keys": "loss/total", "ancestors": "true"}).json()["series"]
+        assert own["step"] == [] and full["loss/total"]["step"] == list(range(1, base["step"] + 1))
         assert http.post(f"/api/checkpoints/{base['id']}/fork", json={"name": "a/b"}).status_code == 422
         assert http.post("/api/checkpoints/nope/fork", json={"name": "x"}).status_code == 404
 

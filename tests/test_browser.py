@@ -74,10 +74,11 @@ def charts(page: Page) -> dict[str, dict[str, Any]]:
 
 
 def wait_for_chart(page: Page, key: str, condition: str = "points > 0", timeout: int = WAIT_MS) -> dict[str, Any]:
-    """Wait until the chart of `key` satisfies `condition` (a JS expression over points, lastStep)."""
+    """Wait until the chart of `key` satisfies `condition` (a JS expression over points, firstStep,
+    lastStep)."""
     page.wait_for_function(
         f"() => {{ const c = window.accCharts && accCharts.summary()[{key!r}];"
-        f" if (!c) return false; const {{points, lastStep}} = c; return {condition}; }}", timeout=timeout)
+        f" if (!c) return false; const {{points, firstStep, lastStep}} = c; return {condition}; }}", timeout=timeout)
     return charts(page)[key]
 
 
@@ -228,7 +229,9 @@ def test_running_smoke_from_the_dashboard_grows_the_checkpoint_tree(dashboard, p
         "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' q-tree__node ')][1]")
     expect(parent.get_by_text("smoke_digit · step")).to_be_visible()
     assert nodes["smoke_digit"]["parent"] == base == nodes["smoke_recon"]["parent"]
-    # The trainer continues from the last branch; the two branches compare as overlaid curves.
+    # The trainer continues from the last branch, whose curves begin with those of its parent.
+    wait_for_chart(page, "loss/reconstruction_task", "firstStep === 1 && lastStep === 50")
+    # The two branches compare as overlaid curves.
     expect(page.locator(f'[data-node="{nodes["smoke_digit"]["id"]}"] [data-role="current"]')).to_be_visible()
     for name in ("smoke_recon", "smoke_digit"):
         page.locator(f'[data-node="{nodes[name]["id"]}"]').locator(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from acc.store import Store
-from acc.store.lineage import Segment, lineage, lineage_metrics
+from acc.store.lineage import OPEN_END, Segment, lineage, lineage_metrics, run_lineage, segments_metrics
 
 
 @pytest.fixture
@@ -13,7 +13,7 @@ def forked(tmp_path):
     """A root run saving `base` at 30 and `more` at 60, and a fork from `base` saving `tip` at 50.
     The loss is the step in the root run and minus the step in the fork."""
     store = Store(tmp_path / "store.db")
-    root, fork = store.create_run("root", {}), store.create_run("fork", {})
+    root, fork = store.create_run("root", {}), store.create_run("fork", {"from_checkpoint": "b"})
     for step in range(1, 61):
         store.log_metrics(root, step, {"loss": float(step)})
     for step in range(31, 51):
@@ -51,3 +51,14 @@ def test_long_lineages_are_downsampled_to_about_max_points(forked):
 def test_a_deleted_parent_makes_its_child_a_root(forked):
     forked.delete_checkpoint("b")
     assert lineage(forked, "t") == [Segment("t", 2, 0, 50)]
+
+
+def test_a_run_from_a_checkpoint_begins_with_that_checkpoints_curves(forked):
+    assert run_lineage(forked, 2) == [Segment("b", 1, 0, 30), Segment(None, 2, 31, OPEN_END)]
+    assert run_lineage(forked, 1) == [Segment(None, 1, 0, OPEN_END)]  # a fresh run: just itself
+    series = segments_metrics(forked, run_lineage(forked, 2), ["loss"])["loss"]
+    assert series["step"] == list(range(1, 51)) and series["value"][29:31] == [30.0, -31.0]
+    window = segments_metrics(forked, run_lineage(forked, 2), ["loss"], since=25, until=35)["loss"]
+    assert window["step"] == list(range(25, 36))
+    with pytest.raises(KeyError):
+        run_lineage(forked, 99)

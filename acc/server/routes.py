@@ -25,7 +25,7 @@ from acc.engine import DuplicateTaskError, Engine, EngineClosed
 from acc.engine import TaskState as EngineTaskState
 from acc.engine.jobs import JobConflict
 from acc.engine.recipes import start_recipe_job
-from acc.store.lineage import lineage_metrics
+from acc.store.lineage import lineage_metrics, run_lineage, segments_metrics
 from acc.engine.session import Session
 from acc.server.images import grid_png
 from acc.server.schemas import (TASK_NAME, Checkpoint, CheckpointCreate, Error, EvalResult, ForkRequest, Health, Job,
@@ -187,12 +187,18 @@ def metrics(
     until: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step (inclusive)")] = None,
     max_points: Annotated[int, Query(ge=3, le=20_000, description="per series, downsampled beyond")] = 2000,
     run: Annotated[int | None, Query(ge=1, le=MAX_STEP, description="a run id; the current run when absent")] = None,
+    ancestors: Annotated[bool, Query(description="a run started from a checkpoint (a load or a fork): begin with "
+                                                 "the curves that led to that checkpoint")] = False,
 ) -> Response:
     wanted = [key for key in keys.split(",") if key] if keys else []
     run_id = _run_id(session, run)
     with engine_errors():
         session.store.flush()  # read all the engine has logged so far, not just what the writer committed
-        series = session.store.query_metrics(run_id, wanted or None, since, until, max_points)
+        if ancestors:
+            series = segments_metrics(session.store, run_lineage(session.store, run_id), wanted or None, since,
+                                      until, max_points)
+        else:
+            series = session.store.query_metrics(run_id, wanted or None, since, until, max_points)
     # pydantic's own JSON encoder: FastAPI's generic one costs most of the time on long series
     return Response(Metrics(series=series).model_dump_json(), media_type="application/json")
 

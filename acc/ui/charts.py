@@ -142,6 +142,7 @@ window.accCharts = {
     for (const el of this.charts()) {
       const raw = el.accData.raw;
       out[el.$el.dataset.key] = {points: raw.length, drawn: el.accDrawn || 0,
+                                 firstStep: raw.length ? raw[0][0] : null,
                                  lastStep: raw.length ? raw[raw.length - 1][0] : null};
     }
     return out;
@@ -300,7 +301,8 @@ class ChartGrid:
 
     async def load(self, keys: list[str] | None = None) -> None:
         """Fetch history (downsampled) and send it: for every key anew, or for the given ones."""
-        series = await run.io_bound(self.fetch, keys=keys, max_points=MAX_POINTS, run=self.run)
+        # A run started from a checkpoint begins with the curves that led there (its lineage).
+        series = await run.io_bound(self.fetch, keys=keys, max_points=MAX_POINTS, run=self.run, ancestors=True)
         if series is None:  # NiceGUI is shutting down
             return
         if keys is None:  # charts of keys without points in this run go

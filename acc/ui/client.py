@@ -95,8 +95,8 @@ class TrainerClient:
         self._json("DELETE", f"/api/tasks/{name}")
 
     def metrics(self, keys: list[str] | None = None, since: int | None = None, until: int | None = None,
-                max_points: int = 2000, run: int | None = None) -> dict[str, dict[str, list]]:
-        params: dict[str, Any] = {"max_points": max_points}
+                max_points: int = 2000, run: int | None = None, ancestors: bool = False) -> dict[str, dict[str, list]]:
+        params: dict[str, Any] = {"max_points": max_points} | ({"ancestors": "true"} if ancestors else {})
         if keys:
             params["keys"] = ",".join(keys)
         params |= {k: v for k, v in {"since": since, "until": until, "run": run}.items() if v is not None}
