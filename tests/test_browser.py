@@ -1,6 +1,6 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real trainer.
 
-The dashboard runs as `acc ui` in a subprocess; what the page shows is read from the ECharts
+The dashboard runs as `acc ui` in a subprocess; what the page shows is read from the charts
 instances (`accCharts.summary()`), what it did from the trainer's API. No fixed sleeps: Playwright
 waits for conditions, and checks on the trainer poll until a deadline.
 """
@@ -160,6 +160,27 @@ def test_the_first_history_comes_over_http_or_else_over_the_websocket(dashboard,
             assert batches and all(len(points) == 25 for points in batches.values())
         assert wait_for_chart(page, "loss/total", "lastStep == 25")["points"] == 25
         context.close()
+
+
+def test_a_zoomed_chart_keeps_its_view_while_points_come_and_double_click_shows_all(training, page):
+    url, client = training
+    page.goto(url)
+    first = wait_for_chart(page, "loss/total", "lastStep > 40")
+    scale = "(() => { const u = document.querySelector('[data-key=\"loss/total\"]').acc.plot;" \
+            " return [u.scales.x.min, u.scales.x.max]; })()"
+    plot = page.locator('[data-key="loss/total"] .u-over')
+    box = plot.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+    page.mouse.up()
+    zoomed = page.evaluate(scale)
+    assert zoomed[1] < first["lastStep"]
+    wait_for_chart(page, "loss/total", f"lastStep > {first['lastStep']} + 10")
+    assert page.evaluate(scale) == zoomed  # live points came, the view stayed
+    plot.dblclick()
+    page.wait_for_function(f"() => {scale}[1] > {first['lastStep']} + 10")
 
 
 def test_weight_slider_reaches_the_trainer(training, page):

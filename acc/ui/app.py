@@ -21,7 +21,7 @@ from typing import Any
 from nicegui import app, background_tasks, ui
 
 from acc.ui.actions import fetch
-from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory
+from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory, register_routes
 from acc.ui.datasets import DatasetsPanel
 from acc.ui.link import Link, metric_points
 from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
@@ -42,7 +42,9 @@ STYLE = """
 .acc-main { flex: 1 1 0; min-width: 0; }
 .acc-side { width: 30rem; flex-shrink: 0; gap: 1rem; }
 .acc-grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: .5rem; width: 100%; }
-.acc-chart { width: 100%; height: 13rem; }
+.acc-chart { width: 100%; height: 13rem; overflow: hidden; }
+.acc-chart .u-title { font-size: 12px; font-weight: normal; height: auto; line-height: 1.5; }
+.acc-chart .u-legend { font-size: 11px; }
 .acc-title { font-size: 1.1rem; font-weight: 500; }
 .acc-note { font-size: .75rem; color: #757575; }
 .acc-num { font-variant-numeric: tabular-nums; }
@@ -230,7 +232,7 @@ class Dashboard:
 
 def dashboard_page(link: Link) -> Callable[[], None]:
     """The root page function for `ui.run`: a new `Dashboard` per visit."""
-    FirstHistory.route()
+    register_routes()
 
     def page() -> None:
         Dashboard(link)

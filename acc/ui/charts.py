@@ -1,8 +1,8 @@
-"""Live metric curves: one ECharts chart per metric key, raw points faint, smoothed curve solid.
+"""Live metric curves: one uPlot chart per metric key, raw points faint, smoothed curve solid.
 
-The points never sit in the charts' NiceGUI options (Vue would watch every one of them, and any
+The points never sit in NiceGUI's element props (Vue would watch every one of them, and any
 change would re-send the whole chart): they go to the browser's `accCharts` (`CHARTS_JS`), which
-keeps them beside each ECharts instance. A chart's history, downsampled by the server (min/max/
+keeps them beside each uPlot instance. A chart's history, downsampled by the server (min/max/
 last per bucket, so spikes stay), goes with `set` (a page's first one is fetched by the browser
 over plain HTTP while the page still loads: `FirstHistory`); after that only new points cross the
 websocket: the points of one flush, thinned to their min, max and last per key, go to every chart
@@ -21,6 +21,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from fastapi import Response
 from nicegui import Client, app, background_tasks, run, ui
@@ -31,12 +32,18 @@ MAX_POINTS = 2000  # per series, asked of the server on load
 RELOAD_AT = 2 * MAX_POINTS
 BROWSER_WAIT_S = 5.0
 SMOOTHING = 0.6  # TensorBoard's default
+STATIC = Path(__file__).parent / "static"  # vendored uPlot (see static/uplot/README.md)
+STATIC_URL = "/_acc/static/1"  # the number changes with what is in it, so browsers fetch it anew
 
-# The browser half. Each chart's raw points live in a plain array beside its ECharts instance; the
-# smoothed curve is derived from them exactly as TensorBoard does (`ema`). Points for a chart that
-# has not mounted yet wait. Only charts on screen redraw (one lazy setOption each), the others when
-# scrolled into view. `summary()` tells tests and the benchmark what each chart holds and has drawn.
+# The browser half. Each chart's raw points live in a plain array on its DOM node, beside its uPlot
+# instance; the smoothed curve is derived from them exactly as TensorBoard does (`ema`). Points
+# for a chart that has not mounted yet wait. Only charts on screen redraw, the others when
+# scrolled into view. Drag to zoom into steps (live points then keep that view), double-click to
+# see everything again. `summary()` tells tests and the benchmark what each chart holds and has
+# drawn.
 CHARTS_JS = """
+<link rel="stylesheet" href="%(static)s/uPlot.min.css">
+<script defer src="%(static)s/uPlot.iife.min.js"></script>
 <script>
 window.accCharts = {
   smoothing: %(smoothing)s,
@@ -44,11 +51,14 @@ window.accCharts = {
   pending: new Map(),
   onScreen: new IntersectionObserver((entries) => {
     for (const entry of entries) {
-      const el = getElement(entry.target.id.slice(1));
-      if (!el) continue;
-      el.accVisible = entry.isIntersecting;
-      if (el.accVisible && el.accStale) accCharts.draw(el);
+      const s = entry.target.acc;
+      if (!s) continue;
+      s.visible = entry.isIntersecting;
+      if (s.visible && s.stale) accCharts.draw(entry.target);
     }
+  }),
+  onResize: new ResizeObserver((entries) => {
+    for (const entry of entries) entry.target.acc?.plot?.setSize(accCharts.size(entry.target));
   }),
   // Debiased exponential moving average: last = last*w + (1-w)*v; shown = last / (1 - w**i).
   ema(values, weight, state = {last: 0, count: 0}) {
@@ -80,24 +90,20 @@ window.accCharts = {
     }
     this.drain();
   },
-  element(id) {
-    try { return getElement(id); } catch { return undefined; }  // NiceGUI has not mounted the page yet
-  },
-  adopt(el) {
-    el.accData = {raw: [], smooth: [], ema: null};
-    const update = el.update_chart;
-    el.update_chart = () => { update(); this.draw(el); };  // NiceGUI re-applied its options: redraw the points
-    this.onScreen.observe(el.$el);
+  adopt(node) {
+    node.acc = {raw: [], smooth: [], ema: null, plot: null};
+    this.onScreen.observe(node);
+    this.onResize.observe(node);
   },
   drain() {
     for (const [id, entry] of this.pending) {
-      const el = this.element(id);
-      if (!el?.chart) {  // not mounted yet, or gone for good
+      const node = document.getElementById("c" + id);
+      if (!node || !window.uPlot) {  // not mounted (or the library not loaded) yet, or gone for good
         if (Date.now() - entry.since > 30000) this.pending.delete(id);
         continue;
       }
-      if (!el.accData) this.adopt(el);
-      const s = el.accData;
+      if (!node.acc) this.adopt(node);
+      const s = node.acc;
       for (const {reset, keepNewer, points} of entry.ops) {
         if (reset) {
           const end = points.length ? points[points.length - 1][0] : -Infinity;
@@ -108,48 +114,71 @@ window.accCharts = {
           if (this.smoothing) s.smooth.push(...this.smoothed(points, s));
         }
       }
-      this.drawOrDefer(el);
+      this.drawOrDefer(node);
       this.pending.delete(id);
     }
     if (this.pending.size && !this.retry) this.retry = setTimeout(() => { this.retry = null; this.drain(); }, 16);
   },
-  draw(el) {
-    const s = el.accData;
-    el.accStale = false;
-    el.accDrawn = s.raw.length;
-    el.chart.setOption({
-      yAxis: {type: this.log ? "log" : "value"},
-      series: [{data: s.raw, lineStyle: {opacity: this.smoothing ? 0.3 : 1}}, {data: s.smooth}],
-    }, {lazyUpdate: true});
+  size(node) {  // the plot's share of the node: the title and the legend take the rest
+    return {width: Math.max(100, node.clientWidth), height: Math.max(60, node.clientHeight - 46)};
   },
-  drawOrDefer(el) {
-    if (el.accVisible === false) el.accStale = true;
-    else this.draw(el);  // on screen, or not known yet (just mounted)
+  options(node) {
+    const sparse = node.dataset.key.startsWith("eval/");  // a few points: show them
+    const line = (label, stroke, width) => ({label, stroke, width, points: {show: sparse, size: 5}});
+    const font = "11px Roboto, sans-serif";
+    return {
+      title: node.dataset.key, ...this.size(node),
+      scales: {x: {time: false}, y: {distr: this.log ? 3 : 1}},
+      axes: [{font, size: 30}, {font, size: 56, space: 24}],
+      cursor: {drag: {x: true, y: false}},
+      series: [{label: "step"},
+               line("raw", () => this.smoothing ? "rgba(100, 181, 246, 0.45)" : "#64b5f6", 1),
+               line("smoothed", "#1565c0", 2)],
+    };
+  },
+  draw(node) {
+    const s = node.acc;
+    s.stale = false;
+    s.drawn = s.raw.length;
+    const data = [s.raw.map((p) => p[0]), s.raw.map((p) => p[1]),
+                  s.smooth.length === s.raw.length ? s.smooth.map((p) => p[1]) : s.raw.map(() => null)];
+    if (!s.plot || s.log !== this.log) {  // the y scale's kind is fixed when a plot is made
+      s.plot?.destroy();
+      s.plot = new uPlot(this.options(node), data, node);
+      s.log = this.log;
+      return;
+    }
+    const u = s.plot, x = u.data[0];  // zoomed in: keep the view while live points come
+    const zoomed = x.length > 1 && (u.scales.x.min > x[0] || u.scales.x.max < x[x.length - 1]);
+    u.setData(data, !zoomed);
+  },
+  drawOrDefer(node) {
+    if (node.acc.visible === false) node.acc.stale = true;
+    else this.draw(node);  // on screen, or not known yet (just mounted)
   },
   charts() {
-    const nodes = [...document.querySelectorAll(".acc-chart")];
-    return nodes.map((n) => this.element(n.id.slice(1))).filter((el) => el?.accData);
+    return [...document.querySelectorAll(".acc-chart")].filter((node) => node.acc);
   },
   restyle(style) {
     Object.assign(this, style);
-    for (const el of this.charts()) {
-      this.resmooth(el.accData);
-      this.drawOrDefer(el);
+    for (const node of this.charts()) {
+      this.resmooth(node.acc);
+      this.drawOrDefer(node);
     }
   },
   summary() {
     const out = {};
-    for (const el of this.charts()) {
-      const raw = el.accData.raw;
-      out[el.$el.dataset.key] = {points: raw.length, drawn: el.accDrawn || 0,
-                                 firstStep: raw.length ? raw[0][0] : null,
-                                 lastStep: raw.length ? raw[raw.length - 1][0] : null};
+    for (const node of this.charts()) {
+      const raw = node.acc.raw;
+      out[node.dataset.key] = {points: raw.length, drawn: node.acc.drawn || 0,
+                               firstStep: raw.length ? raw[0][0] : null,
+                               lastStep: raw.length ? raw[raw.length - 1][0] : null};
     }
     return out;
   },
 };
 </script>
-""" % {"smoothing": SMOOTHING}
+""" % {"smoothing": SMOOTHING, "static": STATIC_URL + "/uplot"}
 
 Points = list[tuple[int, float]]
 
@@ -178,29 +207,13 @@ def thin(points: Points) -> Points:
     return sorted(keep, key=lambda p: p[0])
 
 
-def _options(key: str) -> dict:
-    """Everything but the points."""
-    sparse = key.startswith("eval/")  # a few points: show them
-    line = {"type": "line", "data": [], "showSymbol": sparse, "symbolSize": 4, "sampling": "lttb"}
-    return {
-        "animation": False,
-        "title": {"text": key, "textStyle": {"fontSize": 12, "fontWeight": "normal"}},
-        "grid": {"left": 56, "right": 16, "top": 30, "bottom": 28},
-        "tooltip": {"trigger": "axis"},
-        "xAxis": {"type": "value", "min": "dataMin", "max": "dataMax"},
-        "yAxis": {"type": "value", "scale": True},
-        "series": [{**line, "name": "raw", "color": "#64b5f6", "lineStyle": {"width": 1}},
-                   {**line, "name": "smoothed", "color": "#1565c0", "lineStyle": {"width": 2}}],
-    }
-
-
 class MetricChart:
     """The chart of one metric key; remembers how much it has been sent."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.count, self.last_step = 0, None
-        self.element = ui.echart(_options(key)).classes("acc-chart").props(f'data-key="{key}"')
+        self.element = ui.element("div").classes("acc-chart").props(f'data-key="{key}"')
 
     def took(self, points: Points) -> None:
         """Points appended."""
@@ -256,10 +269,7 @@ class FirstHistory:
 
     @classmethod
     def route(cls) -> None:
-        """Register the endpoint in NiceGUI's app (once)."""
-        if any(getattr(r, "path", None) == "/_acc/history/{token}" for r in app.routes):
-            return
-
+        """Register the endpoint in NiceGUI's app."""
         @app.get("/_acc/history/{token}", include_in_schema=False)
         async def first_history(token: str) -> Response:
             _, future = cls.waiting.pop(token, (None, None))
@@ -271,6 +281,13 @@ class FirstHistory:
                 future.cancel()  # too late: the page sends it over the websocket instead
                 body = "{}"
             return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def register_routes() -> None:
+    """The charts' static files and `FirstHistory`'s endpoint, in NiceGUI's app (once)."""
+    if not any(getattr(r, "path", None) == "/_acc/history/{token}" for r in app.routes):
+        app.add_static_files(STATIC_URL, STATIC)
+        FirstHistory.route()
 
 
 class ChartGrid:
