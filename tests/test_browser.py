@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real trainer.
 
-The dashboard runs as `acc ui` in a subprocess; what the page shows is read from the charts
-instances (`accCharts.summary()`), what it did from the trainer's API. No fixed sleeps: Playwright
+The dashboard runs as `acc ui` in a subprocess; what the page shows is read from the page's
+charts (`accCharts.summary()`), what it did from the trainer's API. No fixed sleeps: Playwright
 waits for conditions, and checks on the trainer poll until a deadline.
 """
 
