@@ -162,7 +162,7 @@ def test_the_first_history_comes_over_http_or_else_over_the_websocket(dashboard,
         context.close()
 
 
-def test_a_zoomed_chart_keeps_its_view_while_points_come_and_double_click_shows_all(training, page):
+def test_zoom_keeps_its_view_while_points_come_double_click_shows_all_and_log_scale(training, page):
     url, client = training
     page.goto(url)
     first = wait_for_chart(page, "loss/total", "lastStep > 40")
@@ -181,6 +181,9 @@ def test_a_zoomed_chart_keeps_its_view_while_points_come_and_double_click_shows_
     assert page.evaluate(scale) == zoomed  # live points came, the view stayed
     plot.dblclick()
     page.wait_for_function(f"() => {scale}[1] > {first['lastStep']} + 10")
+
+    page.get_by_text("log scale").click()  # redrawn in the browser on a log axis, nothing re-sent
+    page.wait_for_function("() => document.querySelector('[data-key=\"loss/total\"]').acc.plot.scales.y.distr === 3")
 
 
 def test_weight_slider_reaches_the_trainer(training, page):
