@@ -75,6 +75,12 @@ class Dataset:
         if len(devices) > 1:
             raise ValueError(f"{who}: all tensors must be on one device, got {sorted(map(str, devices))}")
 
+    def class_counts(self) -> list[int]:
+        """Images per digit class (0..9, or more classes if labels go higher); empty when no
+        image has a label (-1 throughout)."""
+        known = self.labels[self.labels >= 0].cpu()
+        return torch.bincount(known, minlength=10).tolist() if len(known) else []
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
@@ -174,6 +180,7 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is not
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

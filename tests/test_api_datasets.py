@@ -39,6 +39,12 @@ class FloatImages(Generator):
         return np.zeros((n, 28, 28)), {"x": np.zeros(n)}
 
 
+class Unlabelled(Generator):
+    """Targets but no digit labels."""
+    def generate(self, n, rng, params):
+        return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), {"x": rng.random(n)}
+
+
 class Gated(Generator):
     """Each chunk waits for the test to open the gate."""
     gate = threading.Event()
@@ -95,6 +101,15 @@ def test_generate_then_list_describe_grid_and_histograms(trainer, generated_data
         shared = http.get("/api/datasets/sym/histograms", params={"bins": 4, "lo": 0, "hi": 2}).json()
         assert shared["targets"]["symmetry"]["edges"] == [0.0, 0.5, 1.0, 1.5, 2.0]
         assert sum(http.get("/api/datasets/mnist/histograms").json()["classes"]) == listed["mnist"]["n"]
+
+
+def test_a_dataset_without_labels_has_no_class_counts_and_is_readable_by_all(trainer, generated_data_dir):
+    with trainer.client() as http:
+        assert generate(trainer, http, "plain", n=20, generator="Unlabelled")["status"] == "done"
+        assert http.get("/api/datasets/plain").json()["classes"] == []
+        assert http.get("/api/datasets/plain/histograms").json()["classes"] == []
+        assert len(http.get("/api/datasets/mnist/histograms").json()["classes"]) == 10
+    assert (generated_data_dir / "plain.pt").stat().st_mode & 0o777 == 0o644
 
 
 def test_bad_requests_are_refused_and_change_nothing(trainer, generated_data_dir):

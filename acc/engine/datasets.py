@@ -148,12 +148,12 @@ class DatasetCatalog:
         stamp = (str(path), path.stat().st_mtime if path else 0.0)
         if self._described.get(name, (None,))[0] != stamp:  # a listing must not load every file every time
             data = self.load(name)
-            meta, labels = data.meta, data.labels[data.labels >= 0]
+            meta = data.meta
             self._described[name] = stamp, {
                 "name": name, "n": len(data), "status": "ready", "builtin": name in BUILTIN_NAMES,
                 "generator": meta.get("generator") or ("MNIST" if name in BUILTIN_NAMES else None),
                 "params": meta.get("params", {}), "seed": meta.get("seed"), "created": meta.get("created"),
-                "targets": list(data.targets), "classes": torch.bincount(labels, minlength=10).tolist(),
+                "targets": list(data.targets), "classes": data.class_counts(),
                 "error": None, "job": None}
         return dict(self._described[name][1])
 

@@ -114,5 +114,4 @@ def histograms(name: DatasetName, session: SessionDep,
         counts, edges = np.histogram(v, bins=bins, range=(low, high))
         out[key] = Histogram(edges=edges.tolist(), counts=counts.tolist(), mean=float(v.mean()),
                              std=float(v.std()), min=float(v.min()), max=float(v.max()))
-    labels = data.labels[data.labels >= 0]
-    return Histograms(n=len(data), targets=out, classes=np.bincount(labels.numpy(), minlength=10).tolist())
+    return Histograms(n=len(data), targets=out, classes=data.class_counts())

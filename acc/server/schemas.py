@@ -207,7 +207,8 @@ class DatasetInfo(BaseModel):
     seed: int | None
     created: float | None
     targets: list[str] = Field(description="names of the float targets each image carries")
-    classes: list[int] = Field(description="images per digit class 0..9 (empty while not ready)")
+    classes: list[int] = Field(description="images per digit class 0..9 (empty while not ready, or when the "
+                                           "images have no labels)")
     error: str | None
     job: str | None = Field(description="the job generating it")
 
@@ -224,4 +225,4 @@ class Histogram(BaseModel):
 class Histograms(BaseModel):
     n: int
     targets: dict[str, Histogram]
-    classes: list[int] = Field(description="images per digit class 0..9")
+    classes: list[int] = Field(description="images per digit class 0..9 (empty when the images have no labels)")
