@@ -95,6 +95,26 @@ def test_fork_by_hand_starts_a_branch_from_a_checkpoint(live_trainer):
         assert http.post("/api/checkpoints/nope/fork", json={"name": "x"}).status_code == 404
 
 
+def test_only_a_leaf_that_the_trainer_does_not_continue_from_can_be_deleted(live_trainer):
+    from pathlib import Path
+
+    with live_trainer.client() as http:
+        a = http.post("/api/checkpoints", json={"name": "a"}).json()
+        b = http.post("/api/checkpoints", json={"name": "b"}).json()  # a child of a; the trainer is at b
+        assert b["parent"] == a["id"]
+        has_children = http.delete(f"/api/checkpoints/{a['id']}")
+        assert has_children.status_code == 409 and "child" in has_children.json()["detail"]
+        current = http.delete(f"/api/checkpoints/{b['id']}")
+        assert current.status_code == 409 and "continues from" in current.json()["detail"]
+        http.post(f"/api/checkpoints/{a['id']}/load")
+        path = Path(live_trainer.session.store.checkpoint(b["id"])["path"])
+        assert path.is_dir()
+        assert http.delete(f"/api/checkpoints/{b['id']}").status_code == 204
+        assert [c["name"] for c in http.get("/api/checkpoints").json()] == ["a"] and not path.exists()
+        assert http.delete(f"/api/checkpoints/{b['id']}").status_code == 404
+        assert http.delete("/api/checkpoints/a").status_code == 404  # by id only: names repeat
+
+
 def test_the_learning_rate_is_set_between_steps(live_trainer):
     with live_trainer.client() as http:
         assert http.put("/api/lr", json={"lr": 3e-4}).json()["lr"] == 3e-4

@@ -260,3 +260,13 @@ async def test_a_recipe_runs_with_its_form_and_its_branches_compare_as_curves(wo
         assert [s["name"] for s in lines] == ["slow", "fast"]
         assert [p[0] for p in lines[0]["data"]] == list(range(1, 11))  # from the root, through the fork
         assert lines[-1]["markLine"]["data"] == [{"xAxis": 7}]  # the fork, at the base's step
+
+        # Delete a leaf from the tree: asked for, then gone from the trainer and the tree.
+        user.find(marker="checkpoint-tree").trigger("update:selected", nodes["slow"]["id"])
+        assert next(iter(user.find(marker="delete-checkpoint").elements)).enabled
+        user.find(marker="delete-checkpoint").click()
+        await user.should_see("Delete checkpoint 'slow'")
+        user.find(marker="confirm-delete-checkpoint").click()
+        with TrainerClient(trainer.base_url) as client:
+            await eventually(lambda: [c["name"] for c in client.checkpoints()] == ["base", "fast"])
+        await eventually(lambda: set(node_flags()) == {"base", "fast"})

@@ -3,7 +3,8 @@ the curves overlaid in the compare dialog."""
 
 import pytest
 
-from acc.ui.tree import COLORS, compare_keys, compare_options, differences, fork_step, key_metrics, smooth, tree_nodes
+from acc.ui.tree import (COLORS, compare_keys, compare_options, deletion_refused, differences, fork_step, key_metrics,
+                         smooth, tree_nodes)
 
 
 def row(id, parent, step, metrics=None, tasks=(), branch=None):
@@ -67,3 +68,11 @@ def test_each_checkpoint_keeps_its_color_and_the_fork_is_marked():
     assert [(s["name"], s["color"]) for s in named] == [("b", COLORS[1])]
     assert named[0]["markLine"]["data"] == [{"xAxis": 2}]
     assert [p[0] for p in named[0]["data"]] == [1, 2, 3]
+
+
+def test_deletion_is_offered_only_for_leaves_the_trainer_does_not_continue_from():
+    rows = [row("a", None, 10), row("b", "a", 20), row("c", "a", 20)]
+    assert "children" in deletion_refused(rows[0], rows, current="c")
+    assert "continues" in deletion_refused(rows[2], rows, current="c")
+    assert deletion_refused(rows[1], rows, current="c") is None
+    assert deletion_refused(None, rows, current=None) == "select a node"

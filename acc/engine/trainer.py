@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import threading
 import time
 import traceback
@@ -226,6 +227,12 @@ class Engine:
         name (checkpoints saved from it are the checkpoint's children on that branch)."""
         return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch)
 
+    def delete_checkpoint(self, checkpoint_id: str) -> dict:
+        """Delete a leaf of the checkpoint tree (its files and its row). Refused (ValueError) for a
+        checkpoint with children, whose curves and branches descend from it, and for the one the
+        trainer continues from; KeyError for an unknown id."""
+        return self.call("delete_checkpoint", checkpoint_id=checkpoint_id)
+
     def fingerprints(self) -> dict:
         """sha256 of the model's tensors and of each task head's, taken between two steps."""
         return self.call("fingerprints")
@@ -425,6 +432,22 @@ class Engine:
                "path": str(path), "metrics": metrics}
         self._event("checkpoint", f"checkpoint {name!r} saved at step {self.step}", **row)
         return row
+
+    def _do_delete_checkpoint(self, checkpoint_id: str) -> dict:
+        row = self.store.checkpoint(checkpoint_id)
+        if row is None or row["id"] != checkpoint_id:  # by id only: names repeat across branches
+            raise KeyError(f"no checkpoint with id {checkpoint_id!r}")
+        children = [c["name"] for c in self.store.checkpoints() if c["parent"] == checkpoint_id]
+        if children:
+            raise ValueError(f"checkpoint {row['name']!r} has {len(children)} child checkpoint(s) "
+                             f"({', '.join(children)}); delete those first")
+        if checkpoint_id == self.parent_checkpoint:
+            raise ValueError(f"the trainer continues from checkpoint {row['name']!r}; "
+                             "save or load another one first")
+        self.store.delete_checkpoint(checkpoint_id)
+        shutil.rmtree(row["path"], ignore_errors=True)
+        self._event("checkpoint_deleted", f"checkpoint {row['name']!r} deleted", id=checkpoint_id)
+        return {"id": checkpoint_id, "name": row["name"]}
 
     def _do_load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
         row = self.store.checkpoint(id_or_name)

@@ -270,6 +270,14 @@ def save_checkpoint(body: CheckpointCreate, session: SessionDep) -> Checkpoint:
     return _checkpoint(session.store.checkpoint(saved["id"]), _run_names(session))
 
 
+@router.delete("/checkpoints/{id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=Manual)
+def delete_checkpoint(id: NameInPath, session: SessionDep) -> None:
+    """Delete a leaf of the tree: 409 for a checkpoint with children or the one the trainer
+    continues from."""
+    with engine_errors(invalid=status.HTTP_409_CONFLICT):
+        session.engine.delete_checkpoint(id)
+
+
 @router.post("/checkpoints/{id}/load", response_model=State, dependencies=Manual)
 def load_checkpoint(id: NameInPath, session: SessionDep) -> State:
     """Replace the model, tasks and optimizer by a checkpoint's (by id, or newest of that name);

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # how often a page applies new events: a new step shows in well under a second
 RECON_EVERY_S = 10.0
-CHECKPOINT_EVENTS = {"checkpoint", "checkpoint_loaded"}  # a fork is a load into a new branch
+CHECKPOINT_EVENTS = {"checkpoint", "checkpoint_loaded", "checkpoint_deleted"}  # a fork is a load into a new branch
 
 # The page's own few styles; everything else is Quasar's classes. NiceGUI's Tailwind is off: its
 # in-browser compiler costs a noticeable part of the first draw.

@@ -126,6 +126,9 @@ class TrainerClient:
     def save_checkpoint(self, name: str | None = None) -> dict:
         return self._json("POST", "/api/checkpoints", json={"name": name} if name else {})
 
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        self._json("DELETE", f"/api/checkpoints/{checkpoint_id}")
+
     def load_checkpoint(self, checkpoint_id: str) -> dict:
         return self._json("POST", f"/api/checkpoints/{checkpoint_id}/load")
 

@@ -64,6 +64,18 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, str]]:
     return [{"field": field, "a": show(x), "b": show(y), "same": "" if x == y else "≠"} for field, x, y in rows]
 
 
+def deletion_refused(row: dict[str, Any] | None, rows: list[dict[str, Any]], current: str | None) -> str | None:
+    """Why the trainer would refuse to delete `row` (as it does), or None: it must be a leaf that
+    the trainer does not continue from."""
+    if row is None:
+        return "select a node"
+    if any(other["parent"] == row["id"] for other in rows):
+        return "has children: delete those first"
+    if row["id"] == current:
+        return "the trainer continues from here"
+    return None
+
+
 def fork_step(rows: dict[str, dict[str, Any]], a: str, b: str) -> int | None:
     """The step of the nearest checkpoint that `a` and `b` both descend from (or are), else None."""
     def chain(node: str | None) -> list[str]:
@@ -143,6 +155,9 @@ class CheckpointTree:
             ui.space()
             self.load_button = ui.button("Load", icon="restore", on_click=self.load).props("flat dense")
             self.fork_button = ui.button("Fork", icon="call_split", on_click=self.fork).props("flat dense")
+            self.delete_button = ui.button(icon="delete", on_click=self.delete).props("flat dense round").mark(
+                "delete-checkpoint")
+            self.delete_tip = self.delete_button.tooltip("")
             self.compare_button = ui.button("Compare", icon="compare_arrows", on_click=self.compare).props(
                 "flat dense").mark("compare")
         self._show_selection()
@@ -177,6 +192,9 @@ class CheckpointTree:
         self.selected.set_text(f"selected: {chosen['name']}" if chosen else "select a node · tick two to compare")
         self.load_button.set_enabled(chosen is not None)
         self.fork_button.set_enabled(chosen is not None)
+        why_not = deletion_refused(chosen, list(self.rows.values()), self.current)
+        self.delete_button.set_enabled(chosen is not None and why_not is None)
+        self.delete_tip.set_text(why_not or "delete this checkpoint (a leaf of the tree)")
         self.compare_button.set_enabled(len(ticked) == 2)
 
     async def save(self) -> None:
@@ -200,6 +218,23 @@ class CheckpointTree:
                                       row["id"]) is not FAILED:
             ui.notify(f"checkpoint {row['name']!r} loaded", type="positive")
         dialog.delete()
+
+    async def delete(self) -> None:
+        row = self._chosen()
+        if row is None:
+            return
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Delete checkpoint {row['name']!r} (step {row['step']:,})? Its weights are removed from disk.")
+            with ui.row().classes("full-width justify-end"):
+                ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat")
+                ui.button("Delete", on_click=lambda: dialog.submit(True)).props("color=negative").mark(
+                    "confirm-delete-checkpoint")
+        confirmed = await dialog
+        dialog.delete()
+        if confirmed and await act(f"deleting {row['name']}", self.link.client.delete_checkpoint,
+                                   row["id"]) is not FAILED:
+            ui.notify(f"checkpoint {row['name']!r} deleted", type="positive")
+            await self.refresh()
 
     async def fork(self) -> None:
         row = self._chosen()
