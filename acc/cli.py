@@ -208,6 +208,7 @@ def up(
     for what, number, option in (("trainer", trainer_port, "--trainer-port"), ("dashboard", port, "--port")):
         # Checked first: else the dashboard would quietly attach to whatever trainer holds the port.
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed one's TIME_WAIT is no owner
             try:
                 probe.bind(("127.0.0.1", number))
             except OSError:

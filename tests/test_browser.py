@@ -184,6 +184,14 @@ def test_zoom_keeps_its_view_while_points_come_double_click_shows_all_and_log_sc
 
     page.get_by_text("log scale").click()  # redrawn in the browser on a log axis, nothing re-sent
     page.wait_for_function("() => document.querySelector('[data-key=\"loss/total\"]').acc.plot.scales.y.distr === 3")
+    # A constant series (the learning rate) still gets a y range to be drawn in, on both axes.
+    page.get_by_text("Training (lr, samples/s, gradient norm)").click()
+    lr_range = "(() => { const u = document.querySelector('[data-key=\"lr\"]')?.acc?.plot;" \
+               " const lr = u && u.data[1][0];" \
+               " return u && u.scales.y.distr === %d && u.scales.y.min < lr && lr < u.scales.y.max; })()"
+    page.wait_for_function(f"() => {lr_range % 3}")
+    page.get_by_text("log scale").click()
+    page.wait_for_function(f"() => {lr_range % 1}")
 
 
 def test_weight_slider_reaches_the_trainer(training, page):

@@ -128,13 +128,26 @@ window.accCharts = {
     const font = "11px Roboto, sans-serif";
     return {
       title: node.dataset.key, ...this.size(node),
-      scales: {x: {time: false}, y: {distr: this.log ? 3 : 1}},
-      axes: [{font, size: 30}, {font, size: 56, space: 24}],
+      scales: {x: {time: false}, y: {distr: this.log ? 3 : 1, range: (u, min, max) => this.range(min, max)}},
+      axes: [{font, size: 30},  // four significant digits: a learning rate of 0.0015 is not "0.002"
+             {font, size: 56, space: 24, values: (u, ticks) => ticks.map((v) => v == null ? "" : String(+v.toPrecision(4)))}],
       cursor: {drag: {x: true, y: false}},
       series: [{label: "step"},
                line("raw", () => this.smoothing ? "rgba(100, 181, 246, 0.45)" : "#64b5f6", 1),
                line("smoothed", "#1565c0", 2)],
     };
+  },
+  range(min, max) {  // uPlot's own ranges, with room around a (nearly) constant series: a fixed lr
+    if (min == null || max == null) return [0, 1];
+    if (this.log) {
+      const r = uPlot.rangeLog(min, max, 10, true);
+      return r[0] < r[1] ? r : uPlot.rangeLog(min / 2, max * 2, 10, true);
+    }
+    if (max - min <= 1e-9 * Math.max(Math.abs(min), Math.abs(max))) {
+      const pad = Math.abs(max) * 0.1 || 1;
+      return [min - pad, max + pad];
+    }
+    return uPlot.rangeNum(min, max, 0.1, true);
   },
   draw(node) {
     const s = node.acc;
