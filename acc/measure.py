@@ -6,6 +6,9 @@
     slant      arctan(-mu11 / mu02) from the second-order central moments of the intensities, with
                x = column (rightwards) and y = row (downwards): positive when the top of the digit
                leans right. Radians.
+    area       the ink pixels of the same binarised x4 image, in square pixels of the 28x28 image.
+    length     the length of that skeleton, each link between neighbouring skeleton pixels counted
+               once (1 straight, sqrt 2 diagonal), in pixels of the 28x28 image.
 
 An image without ink measures thickness 0 and slant 0: there is no stroke, and 0 keeps means and
 losses finite.
@@ -181,25 +184,56 @@ def _inside_distance(pixels: np.ndarray, flat: np.ndarray) -> np.ndarray:
     return np.sqrt(best)
 
 
-def thickness(binary: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
-    """Morpho-MNIST thickness of binary images [N,H,W] in their own pixels: float64 [N], 0 without
-    ink. `key`, a rough stroke width per image, only groups the work."""
+def _links(skeleton: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """For the skeleton pixels at flat indices `flat` of a 2-D skeleton whose border is background,
+    the length of their links to the skeleton pixels right of them, below them and diagonally below
+    (1 or sqrt 2): summed, every link is counted once, as Morpho-MNIST measures length."""
+    k, w = skeleton.ravel().astype(np.float64), skeleton.shape[1]
+    return k[flat + 1] + k[flat + w] + np.sqrt(2) * (k[flat + w - 1] + k[flat + w + 1])
+
+
+def skeleton_measures(binary: np.ndarray, key: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(thickness, length) of binary images [N,H,W] in their own pixels, from one thinning: float64
+    [N] each, 0 without ink. `key`, a rough stroke width per image, only groups the work."""
     s = strip(binary, key)
-    flat = np.flatnonzero(s.skeleton())
+    skeleton = s.skeleton()
+    flat = np.flatnonzero(skeleton)
     image = s.image[flat % s.pixels.shape[1]]
     depth = _inside_distance(s.pixels, flat)
     count = np.bincount(image, minlength=len(binary))
-    return 2 * np.bincount(image, depth, minlength=len(binary)) / np.maximum(count, 1)
+    length = np.bincount(image, _links(skeleton, flat), minlength=len(binary))
+    return 2 * np.bincount(image, depth, minlength=len(binary)) / np.maximum(count, 1), length
+
+
+def thickness(binary: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
+    """Morpho-MNIST thickness of binary images [N,H,W] in their own pixels (see `skeleton_measures`)."""
+    return skeleton_measures(binary, key)[0]
+
+
+def _width_key(images: np.ndarray) -> np.ndarray:
+    """Ink over edge length, about half the stroke width: enough to sort images by for thinning."""
+    edges = np.abs(np.diff(images, axis=1)).sum((1, 2)) + np.abs(np.diff(images, axis=2)).sum((1, 2))
+    return images.sum((1, 2)) / np.maximum(edges, 1e-6)
 
 
 def measure_thickness(images: np.ndarray | torch.Tensor, scale: int = SCALE) -> np.ndarray:
     """Stroke thickness of each image (uint8 [N,28,28] or [N,1,28,28]) in pixels: float32 [N]."""
     def measure(images):
-        # Ink over edge length is about half the stroke width: enough to sort by.
-        edges = np.abs(np.diff(images, axis=1)).sum((1, 2)) + np.abs(np.diff(images, axis=2)).sum((1, 2))
-        key = images.sum((1, 2)) / np.maximum(edges, 1e-6)
-        return (thickness(binarise(upscale(images, scale)), key) / scale).astype(np.float32)
+        return (thickness(binarise(upscale(images, scale)), _width_key(images)) / scale).astype(np.float32)
     return _in_batches(measure, as_float(images))
+
+
+def measure_morphometry(images: np.ndarray | torch.Tensor, scale: int = SCALE) -> dict[str, np.ndarray]:
+    """Morpho-MNIST's thickness, slant, area and length of each image (uint8 [N,28,28] or
+    [N,1,28,28]): float32 [N] each, from one upsampling and one thinning."""
+    images = as_float(images)
+
+    def measure(images):
+        binary = binarise(upscale(images, scale))
+        thick, length = skeleton_measures(binary, _width_key(images))
+        return np.stack([thick / scale, binary.sum((1, 2)) / scale ** 2, length / scale], 1).astype(np.float32)
+    thick, area, length = _in_batches(measure, images).T
+    return {"thickness": thick, "slant": measure_slant(images), "area": area, "length": length}
 
 
 def _in_batches(fn, *arrays: np.ndarray) -> np.ndarray:

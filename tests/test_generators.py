@@ -128,3 +128,5 @@ def test_morpho_mnist_keeps_the_digits_and_measures_them(mnist_cache):
     np.testing.assert_array_equal(targets["thickness"], measure_thickness(digits[pick]))
     np.testing.assert_array_equal(targets["slant"], measure_slant(digits[pick]))
     assert 1.0 < targets["thickness"].mean() < 5.0 and targets["slant"].std() > 0.05  # real variation
+    assert set(targets) == {"thickness", "slant", "area", "length"}
+    assert 40 < targets["area"].mean() < 200 and 10 < targets["length"].mean() < 60  # MNIST-sized strokes

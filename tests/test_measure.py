@@ -83,6 +83,38 @@ def test_batched_thickness_equals_per_image_definition(digits):
     np.testing.assert_allclose(measure.measure_thickness(images), expected, rtol=1e-5, atol=1e-5)
 
 
+LENGTH_MASK = np.array([[0, 0, 0], [0, 0, 1], [np.sqrt(2), 1, np.sqrt(2)]])  # Morpho-MNIST's skeleton links
+
+
+def reference_area_and_length(image: np.ndarray) -> tuple[float, float]:
+    """Morpho-MNIST's area and length of one image the plain way: ink pixels, and the skeleton's
+    links summed with scipy's correlate, both back in 28x28 pixels."""
+    hires = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None].float() / 255, scale_factor=4,
+                                            mode="bicubic")[0, 0].numpy()
+    binary = hires >= 0.5
+    skeleton = skeletonize(binary)
+    links = ndimage.correlate(skeleton.astype(float), LENGTH_MASK, mode="constant")
+    return binary.sum() / 16, links[skeleton].sum() / 4
+
+
+def test_batched_area_and_length_equal_per_image_definition(digits):
+    images = np.concatenate([digits[:100], np.zeros((1, 28, 28), np.uint8), bar(3.0, 30)[None]])
+    measured = measure.measure_morphometry(images)
+    expected = np.array([reference_area_and_length(im) for im in images])
+    np.testing.assert_allclose(measured["area"], expected[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(measured["length"], expected[:, 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(measured["thickness"], measure.measure_thickness(images))
+    np.testing.assert_array_equal(measured["slant"], measure.measure_slant(images))
+    assert measured["area"][100] == measured["length"][100] == 0  # no ink
+
+
+def test_a_bar_has_the_area_and_about_the_length_it_was_drawn_with():
+    measured = measure.measure_morphometry(np.stack([bar(2.0, 0, length=l) for l in (10.0, 16.0, 20.0)]))
+    np.testing.assert_allclose(measured["area"], [20.0, 32.0, 40.0], rtol=0.03)
+    # Thinning stops half a stroke width from each end: about the length less the width.
+    np.testing.assert_allclose(measured["length"], [8.0, 14.0, 18.0], atol=0.6)
+
+
 def test_skeletonise_equals_skimage_per_image(digits):
     binary = measure.binarise(measure.upscale(measure.as_float(digits[:50])))
     binary[3, :, :5] = True  # ink along the frame's edge

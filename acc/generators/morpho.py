@@ -1,16 +1,16 @@
-"""Real MNIST digits as they are, labelled with their measured thickness and slant."""
+"""Real MNIST digits as they are, labelled with their measured thickness, slant, area and length."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from acc.generators.base import Generator
-from acc.measure import measure_slant, measure_thickness
+from acc.measure import measure_morphometry
 
 
 class MorphoMnist(Generator):
-    """Unchanged MNIST digits with targets `thickness` and `slant` measured as Morpho-MNIST does:
-    the natural variation, to train or score factor probes on real data."""
+    """Unchanged MNIST digits with targets `thickness`, `slant`, `area` and `length` measured as
+    Morpho-MNIST does: the natural variation, to train or score factor probes on real data."""
 
     class Params(Generator.Params):
         split: Literal["train", "test"] = "train"
@@ -19,4 +19,4 @@ class MorphoMnist(Generator):
         digits, labels = self.mnist(params.split)
         pick = rng.integers(len(digits), size=n)  # drawn at random, as the other generators do
         images = digits[pick]
-        return images, {"thickness": measure_thickness(images), "slant": measure_slant(images)}, labels[pick]
+        return images, measure_morphometry(images), labels[pick]
