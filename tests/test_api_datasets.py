@@ -98,6 +98,7 @@ def test_generate_then_list_describe_grid_and_histograms(trainer, generated_data
         assert hist["n"] == 1200 and sum(symmetry["counts"]) == 1200 and len(symmetry["edges"]) == 8
         values = Dataset.load(generated_data_dir / "sym.pt").targets["symmetry"].double()
         assert symmetry["mean"] == pytest.approx(float(values.mean())) and symmetry["max"] <= 1.0
+        assert info["ranges"]["symmetry"] == pytest.approx([symmetry["min"], symmetry["max"]])
         shared = http.get("/api/datasets/sym/histograms", params={"bins": 4, "lo": 0, "hi": 2}).json()
         assert shared["targets"]["symmetry"]["edges"] == [0.0, 0.5, 1.0, 1.5, 2.0]
         assert sum(http.get("/api/datasets/mnist/histograms").json()["classes"]) == listed["mnist"]["n"]

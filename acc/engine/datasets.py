@@ -154,13 +154,14 @@ class DatasetCatalog:
                 "generator": meta.get("generator") or ("MNIST" if name in BUILTIN_NAMES else None),
                 "params": meta.get("params", {}), "seed": meta.get("seed"), "created": meta.get("created"),
                 "targets": list(data.targets), "classes": data.class_counts(),
+                "ranges": {k: [float(v.min()), float(v.max())] for k, v in data.targets.items() if len(v)},
                 "error": None, "job": None}
         return dict(self._described[name][1])
 
     def _from_row(self, row: dict) -> dict:
         return {"name": row["name"], "n": row["n"], "status": row["status"], "builtin": False,
                 "generator": row["generator"], "params": row["params"], "seed": row["seed"],
-                "created": row["created"], "targets": [], "classes": [], "error": row["error"],
+                "created": row["created"], "targets": [], "classes": [], "ranges": {}, "error": row["error"],
                 "job": row["info"].get("job")}
 
     # ---- changing ------------------------------------------------------------------------------

@@ -209,6 +209,8 @@ class DatasetInfo(BaseModel):
     targets: list[str] = Field(description="names of the float targets each image carries")
     classes: list[int] = Field(description="images per digit class 0..9 (empty while not ready, or when the "
                                            "images have no labels)")
+    ranges: dict[str, list[float]] = Field(default_factory=dict, description="[min, max] of each target: pass "
+                                           "a range covering two datasets to /histograms to bin them alike")
     error: str | None
     job: str | None = Field(description="the job generating it")
 

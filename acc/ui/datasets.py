@@ -272,20 +272,21 @@ class DatasetView:
                     image.mark("dataset-grid")
 
     async def _histograms(self, names: list[str]) -> list[dict[str, Any]] | None:
-        """Each dataset's histograms; for two, the targets both have binned alike (same range and bins)."""
-        first = await asyncio.gather(*(fetch(self.link.client.dataset_histograms, name, bins=BINS) for name in names))
-        if None in first or len(names) < 2:
-            return None if None in first else first
-        shared = [t for t in first[0]["targets"] if t in first[1]["targets"]]
-        ranges = [common_range(first[0]["targets"][t], first[1]["targets"][t]) for t in shared]
-        again = await asyncio.gather(*(
-            fetch(self.link.client.dataset_histograms, name, bins=BINS, target=t, lo=lo, hi=hi)
-            for t, (lo, hi) in zip(shared, ranges) for name in names))
-        if None in again:
+        """Each dataset's histograms; for two, the targets both have binned alike: over a range that
+        covers both (from their descriptions' ranges), all requests in one round."""
+        ranges = [self.infos.get(name, {}).get("ranges", {}) for name in names]
+        shared = [t for t in ranges[0] if len(names) == 2 and t in ranges[1]]
+        common = {t: common_range(*({"min": r[t][0], "max": r[t][1]} for r in ranges)) for t in shared}
+        asks = [(i, None, None) for i in range(len(names))] + [(i, t, common[t]) for t in shared for i in range(2)]
+        answers = await asyncio.gather(*(
+            fetch(self.link.client.dataset_histograms, names[i], bins=BINS, target=t, lo=r and r[0], hi=r and r[1])
+            for i, t, r in asks))
+        if None in answers:
             return None
-        for i, refetched in enumerate(again):
-            first[i % 2]["targets"].update(refetched["targets"])
-        return first
+        histograms = answers[:len(names)]
+        for (i, _, _), binned_alike in zip(asks[len(names):], answers[len(names):]):
+            histograms[i]["targets"].update(binned_alike["targets"])
+        return histograms
 
     async def _show_charts(self, names: list[str]) -> None:
         histograms = await self._histograms(names) if names else []
