@@ -35,7 +35,7 @@ TRAIN_CHUNK = 50  # steps between checks for cancellation and progress reports
 class Op:
     kind: str
     args: dict[str, Any] = field(default_factory=dict)
-    where: str = field(default_factory=lambda: _recipe_line())  # the recipe line that asked for it
+    where: str = field(default_factory=lambda: _recipe_line())  # the recipe line that asked for it (defined below)
 
 
 def _recipe_line() -> str:

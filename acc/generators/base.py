@@ -48,6 +48,12 @@ class Generator:
         read once per process, since a dataset is generated in many chunks."""
         return _mnist(self.mnist_dir, split)
 
+    def mnist_sample(self, split: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`n` real MNIST digits drawn at random (with replacement) and their labels."""
+        digits, labels = self.mnist(split)
+        pick = rng.integers(len(digits), size=n)
+        return digits[pick], labels[pick]
+
     @classmethod
     def params_schema(cls) -> dict:
         return {"schema": cls.Params.model_json_schema()}

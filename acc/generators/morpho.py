@@ -16,7 +16,5 @@ class MorphoMnist(Generator):
         split: Literal["train", "test"] = "train"
 
     def generate(self, n, rng, params):
-        digits, labels = self.mnist(params.split)
-        pick = rng.integers(len(digits), size=n)  # drawn at random, as the other generators do
-        images = digits[pick]
-        return images, measure_morphometry(images), labels[pick]
+        images, labels = self.mnist_sample(params.split, n, rng)
+        return images, measure_morphometry(images), labels

@@ -17,9 +17,8 @@ class SlantGenerator(Generator):
         high: float = Field(0.6, ge=-1.0, le=1.0, description="most right-leaning slant, radians")
 
     def generate(self, n, rng, params):
-        digits, labels = self.mnist(params.split)
-        pick = rng.integers(len(digits), size=n)
+        digits, labels = self.mnist_sample(params.split, n, rng)
         target = rng.uniform(params.low, params.high, size=n)
-        images = set_slant(digits[pick], target)
+        images = set_slant(digits, target)
         targets = {"slant": measure_slant(images), "slant_target": target.astype(np.float32)}
-        return images, targets, labels[pick]
+        return images, targets, labels

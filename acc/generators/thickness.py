@@ -17,10 +17,9 @@ class ThicknessGenerator(Generator):
         high: float = Field(5.5, ge=0.5, le=8.0, description="thickest stroke, pixels")
 
     def generate(self, n, rng, params):
-        digits, labels = self.mnist(params.split)
-        pick = rng.integers(len(digits), size=n)
+        digits, labels = self.mnist_sample(params.split, n, rng)
         target = rng.uniform(params.low, params.high, size=n)
-        images = set_thickness(digits[pick], target)
+        images = set_thickness(digits, target)
         # The measured value is the label: strokes that merge or fill a loop read thicker than drawn.
         targets = {"thickness": measure_thickness(images), "thickness_target": target.astype(np.float32)}
-        return images, targets, labels[pick]
+        return images, targets, labels

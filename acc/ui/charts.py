@@ -245,9 +245,10 @@ class MetricChart:
 class FirstHistory:
     """Hands a page its first history over plain HTTP, fetched by the browser while NiceGUI's
     scripts still load and parse, so that the points are there when the charts mount, instead
-    of following the websocket's connection. The server side of a page resolves `promise()`; the
-    page's head asks `/_acc/history/<token>`, which answers once they are loaded or after
-    `WAIT_S` (empty: the history then goes over the websocket as for every later load)."""
+    of following the websocket's connection. The page's first `ChartGrid.load` hands them over with
+    `give`; the page's head asks `/_acc/history/<token>`, which answers once they are there or after
+    `WAIT_S` (empty: the history then goes over the websocket as for every later load), and a
+    browser that never asks gets them over the websocket too."""
 
     WAIT_S = 1.0
     KEEP_S = 60.0  # a page whose browser never asks (a prefetch, a closed tab) is forgotten
