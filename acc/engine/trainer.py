@@ -231,7 +231,9 @@ class Engine:
         """Delete a leaf of the checkpoint tree (its files and its row). Refused (ValueError) for a
         checkpoint with children, whose curves and branches descend from it, and for the one the
         trainer continues from; KeyError for an unknown id."""
-        return self.call("delete_checkpoint", checkpoint_id=checkpoint_id)
+        row = self.call("delete_checkpoint", checkpoint_id=checkpoint_id)
+        shutil.rmtree(row["path"], ignore_errors=True)  # here, not on the training thread
+        return {"id": row["id"], "name": row["name"]}
 
     def fingerprints(self) -> dict:
         """sha256 of the model's tensors and of each task head's, taken between two steps."""
@@ -445,9 +447,8 @@ class Engine:
             raise ValueError(f"the trainer continues from checkpoint {row['name']!r}; "
                              "save or load another one first")
         self.store.delete_checkpoint(checkpoint_id)
-        shutil.rmtree(row["path"], ignore_errors=True)
         self._event("checkpoint_deleted", f"checkpoint {row['name']!r} deleted", id=checkpoint_id)
-        return {"id": checkpoint_id, "name": row["name"]}
+        return row  # its files go on the caller's thread
 
     def _do_load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
         row = self.store.checkpoint(id_or_name)
