@@ -158,9 +158,17 @@ def trainer(
     lr: Annotated[float, typer.Option(min=0)] = 1e-3,
     device: str = "auto",
     eval_every: Annotated[int, typer.Option(min=0)] = 500,
+    autosave_every: Annotated[float, typer.Option(
+        min=0, help="Seconds of training between autosaves (0: never).")] = 300.0,
+    autosave_keep: Annotated[int, typer.Option(min=1, help="Autosaves kept in the workspace (newest).")] = 3,
+    slow_task: Annotated[float, typer.Option(
+        min=0, help="Seconds a task's loss may take per step before it is flagged slow.")] = 1.0,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start a new run instead of continuing the last one from its latest autosave.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store."""
+    """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store.
+    It continues the workspace's last run from its latest autosave unless --fresh."""
     from acc.engine import EngineConfig
     from acc.server.app import serve
     from acc.server.auth import check_bind
@@ -170,21 +178,32 @@ def trainer(
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
-    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, device=device, eval_every=eval_every)
-    serve(host=host, port=port, workspace=workspace, token=token, config=config)
+    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, device=device, eval_every=eval_every,
+                          autosave_every_s=autosave_every, autosave_keep=autosave_keep, slow_task_s=slow_task)
+    serve(host=host, port=port, workspace=workspace, token=token, config=config, restore=not fresh)
 
 
 @app.command()
 def ui(
     trainer_url: Annotated[str, typer.Option("--trainer", help="URL of the trainer service.")] = "http://127.0.0.1:8765",
     token: Annotated[Optional[str], typer.Option(envvar="ACC_TOKEN", help="The trainer's token.")] = None,
-    host: Annotated[str, typer.Option(help="Interface the dashboard binds.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface the dashboard binds; beyond loopback needs --ui-token.")] = "127.0.0.1",
     port: int = 8080,
+    ui_token: Annotated[Optional[str], typer.Option(
+        "--ui-token", envvar="ACC_UI_TOKEN",
+        help="Token the dashboard's login page asks for (pass the trainer's to use one token for both).")] = None,
 ) -> None:
     """Run the dashboard; it talks to the trainer only over HTTP, so it may run on a laptop."""
+    from acc.server.auth import check_bind
+
+    try:  # before NiceGUI is even imported
+        check_bind(host, ui_token, what="dashboard", option="--ui-token", env="ACC_UI_TOKEN")
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
     from acc.ui.app import run_dashboard
 
-    run_dashboard(trainer_url, token, host=host, port=port)
+    run_dashboard(trainer_url, token, host=host, port=port, ui_token=ui_token)
 
 
 @app.command()
@@ -192,6 +211,8 @@ def up(
     port: Annotated[int, typer.Option(help="Dashboard port.")] = 8080,
     trainer_port: int = 8765,
     start: Annotated[bool, typer.Option(help="Start training right away (pause it from the dashboard).")] = True,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start a new run instead of continuing the last one from its latest autosave.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Trainer and dashboard on this machine in one command (embedded defaults); prints the URL."""
@@ -219,6 +240,8 @@ def up(
     command = [sys.executable, "-m", "acc", "trainer", "--port", str(trainer_port)]
     if workspace:
         command += ["--workspace", str(workspace)]
+    if fresh:
+        command.append("--fresh")
     trainer_process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{trainer_port}"
 

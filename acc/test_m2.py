@@ -40,13 +40,13 @@ def run(url: str, token: str | None) -> int:
                 f"model {state['model']['name']}, tasks {[t['name'] for t in client.state()['tasks']]}")
 
         client.train("pause")
-        before = client.state()["fingerprints"]
+        before = client.fingerprints()
         listed_after = seconds_until_listed(url, token, TASK_FILE, DUMMY_TASK, "DummyTask", 2.0)
         names = [item["name"] for item in client.registry("tasks")["items"]]
         c.check("DummyTask listed within 2 s of writing acc/tasks/dummy_task.py",
                 listed_after is not None and "DummyTask" in names,
                 f"{listed_after:.3f} s" if listed_after is not None else "not seen")
-        after = client.state()["fingerprints"]
+        after = client.fingerprints()
         c.check("model and existing task heads unchanged by the reload (training paused)",
                 before["model"] == after["model"] and before["tasks"] == after["tasks"],
                 f"model {after['model'][:12]}")

@@ -9,7 +9,10 @@ optional `acc.toml` in it adds user folders for the registries:
     recipes = []
 
     [data]
-    dir = "data"   # where generated datasets are written (default acc/data/; ACC_DATA_DIR overrides)
+    dir = "~/shared_datasets"   # where generated datasets live (default <workspace>/data/; ACC_DATA_DIR overrides)
+
+A workspace owns its datasets: two workspaces share generated datasets only when a setting points
+both at one folder on purpose.
 """
 
 from __future__ import annotations
@@ -49,21 +52,31 @@ class Workspace:
 
     @property
     def data_dir(self) -> Path:
-        """Where generated datasets are written: `ACC_DATA_DIR`, else `[data] dir` in acc.toml
-        (relative to the workspace), else `acc/data/` (DESIGN §2). Created if missing."""
+        """Where generated datasets are written and read: `ACC_DATA_DIR`, else `[data] dir` in
+        acc.toml (relative to the workspace), else `<workspace>/data/` (DESIGN §2). Created if missing."""
         if os.environ.get("ACC_DATA_DIR"):
             folder = Path(os.environ["ACC_DATA_DIR"]).expanduser().resolve()
         elif self.config().get("data", {}).get("dir"):
             folder = (self.root / Path(self.config()["data"]["dir"]).expanduser()).resolve()
         else:
-            folder = PACKAGE_DIR / "data"
+            folder = self.root / "data"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     @property
     def data_dirs(self) -> list[Path]:
-        """Folders searched for `<name>.pt` datasets: `data_dir`, the workspace's `data/`, `acc/data/`."""
-        return list(dict.fromkeys([self.data_dir, self.root / "data", PACKAGE_DIR / "data"]))
+        """Folders searched for `<name>.pt` datasets: only `data_dir`, never the package's folder or
+        another workspace's (a list, for `acc.datasets`' lookups)."""
+        return [self.data_dir]
+
+    @property
+    def autosaves_dir(self) -> Path:
+        return self.root / "autosaves"
+
+    @property
+    def locks_dir(self) -> Path:
+        """Lock files of the runs that a live trainer holds open (see `acc.engine.runs`)."""
+        return self.root / "locks"
 
     def config(self) -> dict:
         path = self.root / "acc.toml"

@@ -15,10 +15,12 @@ from pathlib import Path
 import fastapi.routing
 import httpx
 import pytest
+import torch
 from fastapi import HTTPException
 from PIL import Image
 
 import acc
+from acc.datasets import Dataset, load_mnist
 from acc.server.images import GAP, SCALE
 from acc.server.routes import engine_errors
 from acc.server.stream import Client
@@ -57,7 +59,7 @@ def wait_state(client: httpx.Client, predicate, timeout: float = 30) -> dict:
         if predicate(state):
             return state
         assert time.monotonic() < deadline, f"state never matched; last: {state}"
-        time.sleep(0.05)  # a poll interval, not a synchronisation: each poll also queues an engine command
+        time.sleep(0.05)  # a poll interval, not a synchronisation
 
 
 def train(client: httpx.Client, steps: int) -> dict:
@@ -79,12 +81,13 @@ def test_health_and_state(client):
     state = client.get("/api/state").json()
     assert state["status"] == "idle" and state["step"] == 0 and state["device"] == "cpu"
     assert [t["name"] for t in state["tasks"]] == ["reconstruction_task"]
-    assert len(state["fingerprints"]["model"]) == 64
-    assert set(state["fingerprints"]["tasks"]) <= {"reconstruction_task"}
+    fingerprints = client.get("/api/fingerprints").json()
+    assert len(fingerprints["model"]) == 64
+    assert set(fingerprints["tasks"]) <= {"reconstruction_task"}
 
 
 def test_train_start_pause_resume_stop(client):
-    before = client.get("/api/state").json()
+    before = client.get("/api/fingerprints").json()
     assert client.post("/api/train", json={"action": "start"}).json()["status"] == "running"
     wait_state(client, lambda s: s["step"] > 0)
     paused = client.post("/api/train", json={"action": "pause"}).json()
@@ -94,7 +97,7 @@ def test_train_start_pause_resume_stop(client):
     wait_state(client, lambda s: s["step"] > paused["step"])
     stopped = client.post("/api/train", json={"action": "stop"}).json()
     assert stopped["status"] == "idle"
-    assert stopped["fingerprints"]["model"] != before["fingerprints"]["model"]  # it learned
+    assert client.get("/api/fingerprints").json()["model"] != before["model"]  # it learned
 
 
 def test_metrics_history_and_runs(client):
@@ -125,10 +128,10 @@ def test_task_lifecycle(client):
     assert created.status_code == 201
     assert created.json() | {"last_loss": None} == {
         "name": "digit", "type": "ClassificationTask", "latent": "digit", "dataset": "mnist", "weight": 0.5,
-        "enabled": True, "stale": False, "error": None, "last_loss": None}
+        "enabled": True, "stale": False, "error": None, "last_loss": None, "step_ms": None, "slow": False}
     state = client.get("/api/state").json()
     assert [t["name"] for t in state["tasks"]] == ["reconstruction_task", "digit"]
-    assert "digit" in state["fingerprints"]["tasks"]
+    assert "digit" in client.get("/api/fingerprints").json()["tasks"]
 
     updated = client.patch("/api/tasks/digit", json={"weight": 2.0, "enabled": False}).json()
     assert updated["weight"] == 2.0 and updated["enabled"] is False
@@ -137,8 +140,21 @@ def test_task_lifecycle(client):
     assert client.delete("/api/tasks/digit").status_code == 404
 
 
-def test_task_params(client):
-    created = client.post("/api/tasks", json={"type": "RegressionTask", "name": "ink", "params": {"target": "x"}})
+def test_task_params_are_checked_against_the_dataset_when_added(live_trainer, client):
+    refused = client.post("/api/tasks", json={"type": "RegressionTask", "name": "ink", "params": {"target": "x"}})
+    assert refused.status_code == 422, refused.text  # not a green "added", then disabled at the first step
+    assert "no target 'x'" in refused.json()["detail"] and "its targets: none" in refused.json()["detail"]
+    assert [t["name"] for t in client.get("/api/state").json()["tasks"]] == ["reconstruction_task"]
+
+    digits = load_mnist(live_trainer.session.workspace.mnist_dir).subset(torch.arange(200))
+    ink = digits.images.float().mean(dim=(1, 2, 3)) / 255
+    Dataset(digits.images, digits.labels, {"ink": ink}, {"source": "test"}).save(
+        live_trainer.session.workspace.data_dir / "inked.pt")
+    wrong = client.post("/api/tasks", json={"type": "RegressionTask", "name": "ink", "dataset": "inked",
+                                            "params": {"target": "thickness"}})
+    assert wrong.status_code == 422 and "its targets: ink" in wrong.json()["detail"]
+    created = client.post("/api/tasks", json={"type": "RegressionTask", "name": "ink", "dataset": "inked",
+                                              "params": {"target": "ink"}})
     assert created.status_code == 201 and created.json()["type"] == "RegressionTask"
 
 
@@ -185,13 +201,28 @@ def test_checkpoint_save_list_load(client):
     assert "loss/reconstruction_task" in checkpoint["metrics"]
     assert client.get("/api/checkpoints").json() == [checkpoint]
 
-    moved = train(client, 3)
-    assert moved["fingerprints"] != trained["fingerprints"]
+    trained_weights = client.get("/api/fingerprints").json()
+    train(client, 3)
+    assert client.get("/api/fingerprints").json() != trained_weights
     loaded = client.post(f"/api/checkpoints/{checkpoint['id']}/load").json()
     assert loaded["step"] == 5 and loaded["parent_checkpoint"] == checkpoint["id"]
-    assert loaded["fingerprints"] == trained["fingerprints"]  # the very same weights
+    assert client.get("/api/fingerprints").json() == trained_weights  # the very same weights
     assert loaded["run_id"] != trained["run_id"]
     assert client.post("/api/checkpoints/deadbeef0000/load").status_code == 404
+
+
+def test_a_corrupted_checkpoint_is_a_409_naming_the_file_and_nothing_loads(live_trainer, client):
+    train(client, 3)
+    saved = client.post("/api/checkpoints", json={"name": "c"}).json()
+    train(client, 2)
+    before = client.get("/api/state").json()
+    weights = live_trainer.session.workspace.checkpoints_dir / saved["id"] / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor value
+    weights.write_bytes(bytes(data))
+    refused = client.post(f"/api/checkpoints/{saved['id']}/load")
+    assert refused.status_code == 409 and str(weights) in refused.json()["detail"]
+    assert client.get("/api/state").json() == before
 
 
 def test_engine_errors_map_to_http():
@@ -209,7 +240,7 @@ def test_stream_metrics_arrive_within_a_second(live_trainer, client, sse):
     try:
         with sse(live_trainer) as events:
             hello = events.wait_for("hello")
-            assert hello["status"] == "idle" and hello["fingerprints"]["model"]
+            assert hello["status"] == "idle" and hello["run_id"] == live_trainer.session.engine.run_id
             client.post("/api/train", json={"action": "start", "steps": 60})
             latencies, seen = [], []
             for kind, data in events:
@@ -355,4 +386,4 @@ def test_sigterm_ends_serve_within_5s_with_metrics_flushed(workspace):
     assert elapsed < 5
     with Store(workspace.db_path) as store:
         assert store.last_step(state["run_id"]) >= state["step"]
-        assert store.run(state["run_id"])["status"] == "closed"
+        assert store.run(state["run_id"])["status"] == "stopped"  # SIGTERM cut its training short

@@ -16,6 +16,7 @@ from acc.engine.datasets import DatasetCatalog, DatasetExists
 from acc.engine.recipes import run_recipe
 from acc.engine.session import Session
 from acc.test_m3 import SYMMETRY_GENERATOR
+from acc.workspace import Workspace
 from tests.conftest import write_user_files
 
 BROKEN_GENERATORS = '''
@@ -259,3 +260,33 @@ def test_a_regression_task_trains_on_a_generated_thickness_dataset_beside_mnist(
     results = engine.evaluate()
     assert {"mae", "r2"} <= set(results["thickness"]) and results["thickness"]["mae"] > 0
     assert "psnr" in results["reconstruction_task"]
+
+
+def test_a_workspace_owns_its_datasets_unless_told_to_share(tmp_path, mnist_cache, tiny_config, monkeypatch):
+    """Datasets went to the source tree's acc/data/ whatever the workspace: one trainer listed, and
+    could delete, another's."""
+    monkeypatch.delenv("ACC_DATA_DIR")
+    roots = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "mnist").symlink_to(mnist_cache, target_is_directory=True)
+        write_user_files(Workspace(root), "generators", {"symmetry_gen.py": SYMMETRY_GENERATOR})
+        roots.append(root)
+    with Session.open(roots[0], tiny_config, watch=False) as one, Session.open(roots[1], tiny_config, watch=False) as two:
+        one.datasets.generate("SymmetryGenerator", "mine", 20, 0)
+        assert one.datasets.path_of("mine") == roots[0] / "data" / "mine.pt"
+        assert "mine" in [d["name"] for d in one.datasets.list()]
+        assert "mine" not in [d["name"] for d in two.datasets.list()]
+        with pytest.raises(KeyError):
+            two.datasets.delete("mine", in_use=set())
+        assert (roots[0] / "data" / "mine.pt").exists()
+
+    shared = tmp_path / "shared"
+    for root in roots:  # on purpose: both name one folder
+        with (root / "acc.toml").open("a") as f:
+            f.write(f'\n[data]\ndir = "{shared}"\n')
+    with Session.open(roots[0], tiny_config, watch=False) as one, Session.open(roots[1], tiny_config, watch=False) as two:
+        one.datasets.generate("SymmetryGenerator", "common", 20, 0)
+        assert "common" in [d["name"] for d in two.datasets.list()]
+        assert two.datasets.path_of("common") == shared / "common.pt"

@@ -123,3 +123,30 @@ def test_the_learning_rate_is_set_between_steps(live_trainer):
             response = http.put("/api/lr", json={"lr": bad})
             assert response.status_code == 422 and response.json()["detail"]
         assert http.get("/api/state").json()["lr"] == 3e-4
+
+
+def test_unsaved_training_is_saved_before_a_recipe_or_a_load_replaces_it(trainer_factory):
+    """A training at step 3,200 with no checkpoint became a recipe's model at step 50: nothing kept."""
+    trainer = trainer_factory(tasks=["ReconstructionTask", {"type": "ClassificationTask", "name": "digit",
+                                                            "latent": "digit"}])
+    engine = trainer.session.engine
+    with trainer.client() as http:
+        assert http.get("/api/state").json()["unsaved"] is False  # nothing trained yet
+        engine.train(4)
+        assert http.get("/api/state").json()["unsaved"] is True
+        job = http.post("/api/recipes/smoke/run", json={}).json()
+        assert job["autosaved"]["name"] == "autosave before Smoke" and job["autosaved"]["step"] == 4
+        assert trainer.session.jobs.wait(job["id"], 120).status == "done"
+        nodes = {c["name"]: c for c in http.get("/api/checkpoints").json()}
+        kept = nodes["autosave before Smoke"]
+        assert kept["step"] == 4 and {t["name"] for t in kept["tasks"]} == {"reconstruction_task", "digit"}
+        assert http.get("/api/state").json()["unsaved"] is False  # the recipe saved its own branches
+
+        engine.train(3)
+        on = http.get("/api/state").json()["parent_checkpoint"]  # the recipe's last branch
+        loaded = http.post(f"/api/checkpoints/{nodes['smoke_base']['id']}/load").json()
+        assert loaded["autosaved"]["name"] == "autosave before load smoke_base"
+        assert loaded["autosaved"]["parent"] == on and loaded["step"] == 30
+        again = http.post(f"/api/checkpoints/{kept['id']}/load").json()  # nothing unsaved now
+        assert again["autosaved"] is None and again["step"] == 4
+        assert http.get("/api/state").json()["autosaved"] is None

@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from acc.ui.client import TrainerClient
+from acc.ui.tasks_panel import SLIDER_MAX, slider_weight
 from tests.server_fixtures import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,21 +31,23 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 WAIT_MS = 30_000
 
 @contextmanager
-def run_dashboard_process(trainer_url: str, token: str | None = None) -> Iterator[str]:
-    """`acc ui` in a subprocess on a free port; yields its URL once it answers."""
+def run_dashboard_process(trainer_url: str, token: str | None = None, ui_token: str | None = None,
+                          ready_path: str = "/") -> Iterator[str]:
+    """`acc ui` in a subprocess on a free port (the trainer's `token` and the dashboard's own
+    `ui_token` given through the environment only); yields its URL once `ready_path` answers."""
     port = free_port()
     command = [sys.executable, "-m", "acc", "ui", "--trainer", trainer_url, "--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # else NiceGUI thinks it is a test
-    if token:
-        env["ACC_TOKEN"] = token
+    env = {k: v for k, v in os.environ.items()  # PYTEST_CURRENT_TEST: else NiceGUI thinks it is a test
+           if k not in ("PYTEST_CURRENT_TEST", "ACC_TOKEN", "ACC_UI_TOKEN")}
+    env.update({key: value for key, value in (("ACC_TOKEN", token), ("ACC_UI_TOKEN", ui_token)) if value})
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
-            while True:
+            while True:  # poll for readiness: NiceGUI offers nothing to wait on
                 try:
-                    if httpx.get(url, timeout=2).status_code == 200:
+                    if httpx.get(url + ready_path, timeout=2).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -201,12 +204,21 @@ def test_weight_slider_reaches_the_trainer(training, page):
     slider = row.locator('[data-role="weight-slider"]')
     expect(slider).to_be_visible(timeout=WAIT_MS)
     box = slider.bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)  # about 3 on the 0..10 slider
+    y = box["y"] + box["height"] / 2
     shown = row.locator('input[data-role="weight-number"]')
+    # Far right on the log scale: well past the old slider's end (10), towards the API's bound.
+    page.mouse.click(box["x"] + box["width"] * 0.9, y)
     expect(shown).not_to_have_value("1", timeout=WAIT_MS)
     weight = eventually(lambda: (w := task_weight(client, "reconstruction_task")) != 1.0 and w)
-    assert 2 <= weight <= 4
+    assert slider_weight(0.85 * SLIDER_MAX) <= weight <= slider_weight(0.95 * SLIDER_MAX) and weight > 100
     expect(shown).to_have_value(f"{weight:.3g}", timeout=WAIT_MS)  # the trainer has what the page shows
+    # Dragged past its left end: off.
+    page.mouse.move(box["x"] + box["width"] * 0.9, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] - 40, y, steps=8)
+    page.mouse.up()
+    eventually(lambda: task_weight(client, "reconstruction_task") == 0.0)
+    expect(shown).to_have_value("0", timeout=WAIT_MS)
 
 
 def test_adding_a_task_from_the_dialog_makes_its_curve_appear(training, page):
@@ -221,6 +233,16 @@ def test_adding_a_task_from_the_dialog_makes_its_curve_appear(training, page):
     expect(page.locator('[data-task="digit_probe"]')).to_be_visible(timeout=WAIT_MS)
     assert any(t["name"] == "digit_probe" for t in client.state()["tasks"])
     wait_for_chart(page, "loss/digit_probe", "points > 2")
+    # The next add starts with an empty name (suggesting one no task has), and adds another task.
+    page.locator('[data-role="open-add-task"]').click()
+    name = page.locator('input[data-field="name"]')
+    expect(name).to_have_value("")
+    expect(name).to_have_attribute("placeholder", "classification_task")
+    page.locator('[data-role="add-task"]').click()
+    expect(page.locator('[data-task="classification_task"]')).to_be_visible(timeout=WAIT_MS)
+    page.locator('[data-role="open-add-task"]').click()
+    expect(name).to_have_value("")
+    expect(name).to_have_attribute("placeholder", "classification_task_2")
 
 
 def test_smoothing_is_tensorboards_debiased_ema(dashboard, page):
@@ -250,6 +272,7 @@ def test_running_smoke_from_the_dashboard_grows_the_checkpoint_tree(dashboard, p
     page.locator('[data-role="recipe-choice"]').click()
     page.get_by_role("option", name="Smoke", exact=True).click()
     page.get_by_role("button", name="Run").click()
+    page.locator('[data-role="confirm-run-recipe"]').click()  # asked first
     job = page.locator('[data-job]').first
     expect(job.locator('[data-role="job-status"]')).to_have_text("done", timeout=120_000)
     for name in ("smoke_base", "smoke_recon", "smoke_digit"):
@@ -272,3 +295,43 @@ def test_running_smoke_from_the_dashboard_grows_the_checkpoint_tree(dashboard, p
     page.get_by_role("button", name="Compare").click()
     expect(page.locator('[data-compare-key="loss/reconstruction_task"] canvas')).to_be_visible(timeout=WAIT_MS)
     expect(page.locator('[data-role="compare"]').get_by_text("ClassificationTask on digit/mnist")).to_be_visible()
+
+
+def test_the_checkpoint_delete_button_is_an_icon_with_a_hover_text(dashboard, page):
+    url, _ = dashboard
+    page.goto(url)
+    button = page.locator('[data-role="delete-checkpoint"]')
+    expect(button).to_be_visible(timeout=WAIT_MS)
+    assert button.inner_text().strip() == "delete"  # the icon's ligature only: no label
+    tooltip = page.locator(".q-tooltip")
+    expect(tooltip).to_have_count(0)
+    page.locator('[data-role="delete-checkpoint-wrap"]').hover()  # off (nothing chosen), and says why
+    expect(tooltip).to_have_text("select a node", timeout=WAIT_MS)
+
+
+def test_a_first_evaluation_is_drawn_around_its_step_and_evaluations_are_not_smoothed(dashboard, page):
+    url, client = dashboard
+    client.train("start", steps=30)
+    eventually(lambda: client.state()["step"] == 30 and client.state()["status"] == "idle")
+    page.goto(url)
+    wait_for_chart(page, "loss/total", "lastStep === 30")
+    metric = sorted(client.evaluate()["results"]["reconstruction_task"])[0]
+    key = f"eval/reconstruction_task/{metric}"
+    chart = page.locator(f'[data-key="{key}"]')
+    expect(chart).to_be_attached(timeout=WAIT_MS)
+    chart.scroll_into_view_if_needed()  # charts draw when on screen
+    wait_for_chart(page, key, "points === 1")
+    scale = (f"() => {{ const u = document.querySelector('[data-key=\"{key}\"]').acc.plot;"
+             " return u && u.scales.x.min != null ? [u.scales.x.min, u.scales.x.max] : null; }")
+    low, high = page.wait_for_function(scale, timeout=WAIT_MS).json_value()
+    assert low < 30 < high and high - low <= 15, (low, high)  # around step 30, not 0 to 60
+
+    client.train("start", steps=10)
+    eventually(lambda: client.state()["step"] == 40 and client.state()["status"] == "idle")
+    client.evaluate()
+    shown = wait_for_chart(page, key, "points === 2")
+    assert not shown["smoothed"]  # measured values, drawn as measured
+    series = page.evaluate(f"() => document.querySelector('[data-key=\"{key}\"]').acc.plot.series.map(s => s.label)")
+    assert series == ["step", "value"]
+    page.wait_for_function(scale.replace("u.scales.x.min != null", "u.scales.x.max >= 40"), timeout=WAIT_MS)
+    assert charts(page)["loss/total"]["smoothed"]  # the dense training curves still are

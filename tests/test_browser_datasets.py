@@ -4,10 +4,14 @@ at its sample grid. No fixed sleeps: Playwright waits for conditions."""
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from acc.ui.client import TrainerClient
@@ -49,3 +53,37 @@ def test_generating_from_the_dialog_shows_the_dataset_and_its_grid(dashboard, pa
                            timeout=WAIT_MS)
     assert image.get_attribute("src").startswith("data:image/png;base64,")  # through the dashboard, not the trainer
     expect(page.locator('[data-role="dataset-histogram"][data-target="symmetry"] canvas')).to_be_visible()
+
+
+def caption_text_height(png: bytes) -> int:
+    """Height in image pixels of the first caption's text: in the first grid cell, the rows between
+    its image and the next row's image (image rows hold hardly any of the gap's grey) that hold
+    light text pixels."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    background = int(np.bincount(pixels[0]).argmax())  # the gap around the cells
+    column = pixels[:, 4:52]  # inside the first cell's width
+    image = [bool((row == background).mean() < 0.2) for row in column]
+    start = image.index(True)
+    caption = start + image[start:].index(False)  # its caption begins where its image ends
+    end = caption + (image[caption:] + [True]).index(True)
+    text_rows = [y for y in range(caption, end) if (column[y] > 200).any()]
+    assert text_rows, "no caption text found"
+    return text_rows[-1] - text_rows[0] + 1
+
+
+def test_grid_captions_are_legible_at_the_default_zoom(dashboard, page):
+    url, client = dashboard
+    job = client.generate_dataset("SymmetryGenerator", "sym", N)
+    page.goto(url)
+    expect(page.locator('[data-dataset="sym"] [data-role="dataset-status"]')).to_have_text("ready", timeout=WAIT_MS)
+    assert client.job(job["id"])["status"] == "done"
+    page.locator('[data-dataset="sym"] [data-role="dataset-name"]').click()
+    image = page.locator('[data-grid="sym"] img')
+    expect(image).to_be_visible(timeout=WAIT_MS)
+    image.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                           timeout=WAIT_MS)
+    natural, shown = image.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+    png = base64.b64decode(image.get_attribute("src").split(",", 1)[1])
+    text_px = caption_text_height(png) * shown / natural  # CSS pixels on the page, at zoom 100%
+    assert text_px >= 10, f"caption digits {text_px:.1f} px tall on the page"  # ~14 px text or more

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import safetensors.torch
 import torch
 
 from acc.engine.checkpoint import read_checkpoint
@@ -70,11 +72,9 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_loadable(workspace
         session.engine.train(5)
         session.engine.save_checkpoint("good")
         session.store.flush()
-        real_save = ckpt.save_file
-        def dying_save(tensors, path):
-            real_save(tensors, path)
-            os._exit(3)  # the process dies with the first file written and nothing renamed
-        ckpt.save_file = dying_save
+        def dying_rename(src, dst):
+            os._exit(3)  # the process dies with the files written and nothing renamed
+        ckpt.os.rename = dying_rename
         session.engine.train(5)
         session.engine.save_checkpoint("doomed")
     """)
@@ -99,7 +99,7 @@ def test_loading_fails_clearly_and_changes_nothing(workspace, tiny_config):
 
         path = session.store.checkpoint(row["id"])["path"]
         (workspace.checkpoints_dir / row["id"] / "weights.safetensors").write_bytes(b"\x80\x04 not a tensor file")
-        with pytest.raises(ValueError, match="unreadable"):
+        with pytest.raises(ValueError, match="corrupted"):  # its recorded sha256 no longer matches
             engine.load_checkpoint(row["id"])
         assert engine.state() == before
         with pytest.raises(ValueError):
@@ -116,3 +116,38 @@ def test_a_checkpoint_needing_an_unknown_task_type_is_refused(workspace, tiny_co
         with pytest.raises(ValueError, match="VanishedTask"):
             engine.load_checkpoint(row["id"])
         assert engine.state() == before
+
+
+def test_a_flipped_byte_inside_a_tensor_is_refused_naming_the_file(workspace, tiny_config):
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        engine = _trained(session, steps=3)
+        row = engine.save_checkpoint("c")
+        engine.train(2)
+        before = engine.state()
+        weights = workspace.checkpoints_dir / row["id"] / "weights.safetensors"
+        data = bytearray(weights.read_bytes())
+        header = int.from_bytes(data[:8], "little")
+        data[8 + header + 100] ^= 0xFF  # a value inside the first tensor; the header stays valid
+        weights.write_bytes(bytes(data))
+        assert set(safetensors.torch.load(bytes(data))) == set(safetensors.torch.load_file(str(weights)))
+        with pytest.raises(ValueError, match="corrupted") as refused:
+            engine.load_checkpoint(row["id"])
+        assert str(weights) in str(refused.value)
+        assert engine.state() == before  # nothing was loaded
+
+        truncated = engine.save_checkpoint("t")
+        optimizer = workspace.checkpoints_dir / truncated["id"] / "optimizer.safetensors"
+        optimizer.write_bytes(optimizer.read_bytes()[:-10])
+        with pytest.raises(ValueError, match="corrupted"):
+            engine.load_checkpoint(truncated["id"])
+
+
+def test_checkpoints_written_before_digests_still_load(workspace, tiny_config):
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        engine = _trained(session, steps=2)
+        row = engine.save_checkpoint("old")
+        meta_path = workspace.checkpoints_dir / row["id"] / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        del meta["digests"]
+        meta_path.write_text(json.dumps(meta))
+        assert engine.load_checkpoint(row["id"])["step"] == 2

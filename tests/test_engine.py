@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -85,6 +86,8 @@ def test_commands_are_acknowledged_when_applied(session):
     ({"type": "ReconstructionTask", "name": "../etc"}, ValueError),
     ({"type": "ReconstructionTask", "dataset": "missing_set"}, KeyError),
     ({"type": "RegressionTask"}, ValueError),  # required parameter `target`
+    ({"type": "RegressionTask", "target": "thickness"}, ValueError),  # mnist has no such target
+    ({"type": "ReconstructionTask", "name": ".."}, ValueError),  # no letter or digit: no name in a URL
 ])
 def test_bad_commands_fail_clearly_and_change_nothing(session, kwargs, error):
     session.engine.add_task("ReconstructionTask", name="base")
@@ -136,7 +139,7 @@ def test_each_dataset_gets_one_batch_and_one_forward_per_step(session):
     part = digits.subset(torch.arange(600))
     brightness = part.images.float().mean(dim=(1, 2, 3)) / 255
     Dataset(part.images, part.labels, {"brightness": brightness}, {"source": "test"}).save(
-        session.workspace.root / "data" / "bright.pt")
+        session.workspace.data_dir / "bright.pt")
     engine = session.engine
     engine.add_task("ReconstructionTask")
     engine.add_task("ClassificationTask", name="digit", latent="digit")
@@ -284,3 +287,48 @@ def test_reconstructions_show_digits_of_many_classes(session):
     shown = {int(validation.labels[i]) for i in range(len(validation))
              if any(torch.equal(validation.batch(torch.tensor([i]))["image"][0], image) for image in images)}
     assert len(shown) >= 5  # the bundled digits are stored in class order: not eight zeros
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["a", "b", "c"])))
+def test_tasks_with_heads_are_removed_in_any_order_whole(session, order):
+    """Removing a param group by equality compared dicts holding tensors: a 500 that half-applied."""
+    engine = session.engine
+    engine.add_task("ReconstructionTask")
+    for name in ("a", "b", "c"):
+        engine.add_task("ClassificationTask", name=name, latent="digit")
+    engine.train(2)  # every head has optimizer state now
+    for removed, name in enumerate(order, start=1):
+        engine.remove_task(name)
+        names = {g["name"] for g in engine.optimizer.param_groups}
+        assert names == {"model"} | {f"task:{n}" for n in order[removed:]}  # reconstruction has no head
+        heads = {p for g in engine.optimizer.param_groups for p in g["params"]}
+        assert set(engine.optimizer.state) <= heads  # no state left for a removed head
+        assert name not in {t["name"] for t in engine.state()["tasks"]}
+        engine.train(1)
+    engine.add_task("ClassificationTask", name=order[0], latent="digit")  # a removed name is free again
+    assert engine.train(2)["step"] == 2 + 3 + 2
+
+
+LOCATED = '''
+import torch
+from acc.tasks.base import Task
+
+class ShapeMistake(Task):
+    """Multiplies mismatched shapes: torch raises deep inside itself."""
+    def loss(self, out, batch):
+        wrong = torch.ones(3, 5)
+        return (self.head(self.features(out)) @ wrong).mean()  # the user's line
+'''
+
+
+def test_an_error_in_user_code_names_the_users_line_not_torchs(workspace, tiny_config):
+    folder = write_user_tasks(workspace, {"located.py": LOCATED})
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        engine = session.engine
+        engine.add_task("ReconstructionTask")
+        engine.add_task("ShapeMistake")
+        engine.train(2)
+        error = {t["name"]: t for t in engine.state()["tasks"]}["shape_mistake"]["error"]
+        line = LOCATED.splitlines().index("        return (self.head(self.features(out)) @ wrong).mean()  # the user's line") + 1
+        assert f"({folder / 'located.py'}:{line})" in error, error
+        assert "torch" not in error.split("(")[-1] and "acc/engine" not in error

@@ -6,9 +6,15 @@ one cannot slow the next). The schema is built from the app at import, because s
 parametrizes tests at collection time (`schemathesis.pytest.from_fixture` fails on pytest 9:
 it sets `Function._nodeid`, which pytest 9 no longer has); the first test proves that it is
 exactly what the live server publishes at `/openapi.json`.
+
+CI runs 25 examples per operation; for a longer run by hand, set `ACC_FUZZ_EXAMPLES`:
+
+    ACC_FUZZ_EXAMPLES=300 python -m pytest tests/test_fuzz.py -x
 """
 
 from __future__ import annotations
+
+import os
 
 import httpx
 import schemathesis
@@ -20,6 +26,7 @@ from acc.server.app import create_app
 
 OPENAPI = create_app(open_session=lambda: None).openapi()  # no session: the app never starts
 schema = schemathesis.openapi.from_dict(OPENAPI).exclude(path="/api/stream")
+EXAMPLES = int(os.environ.get("ACC_FUZZ_EXAMPLES", "25"))
 
 
 def test_fuzzed_schema_is_the_live_one(live_trainer):
@@ -27,6 +34,6 @@ def test_fuzzed_schema_is_the_live_one(live_trainer):
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case, live_trainer):
     case.call_and_validate(base_url=live_trainer.base_url, checks=[not_a_server_error])

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 
 import httpx
 import pytest
 
 from acc.server.app import serve
-from acc.server.auth import check_bind, redact_tokens
+from acc.server.auth import MAKE_TOKEN, MIN_TOKEN_LENGTH, bearer_credentials, check_bind, redact_tokens
 
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"  # long enough for a network bind (16 characters or more)
 
 # (method, path, request keyword arguments, expected status)
 BAD_REQUESTS = [
@@ -22,6 +24,8 @@ BAD_REQUESTS = [
     ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "name": "reconstruction_task"}}, 409),
     ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "name": "../x"}}, 422),
     ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "name": "a/b"}}, 422),
+    ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "name": "."}}, 422),
+    ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "name": ".."}}, 422),
     ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "weight": -1}}, 422),
     ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "weight": 1e9}}, 422),
     ("POST", "/api/tasks", {"json": {"type": "ClassificationTask", "weight": "heavy"}}, 422),
@@ -64,6 +68,9 @@ BAD_REQUESTS = [
     ("GET", "/api/images/reconstructions.png", {"params": {"n": 65}}, 422),
     ("GET", "/api/images/reconstructions.png", {"params": {"n": "all"}}, 422),
     ("POST", "/api/checkpoints", {"json": {"name": "../x"}}, 422),
+    ("POST", "/api/checkpoints", {"json": {"name": ".."}}, 422),
+    ("PUT", "/api/lr", {"json": {"lr": True}}, 422),
+    ("POST", "/api/train", {"json": {"action": "start", "steps": True}}, 422),
     ("POST", "/api/checkpoints/no-such-checkpoint/load", {}, 404),
     ("PUT", "/api/state", {}, 405),
     ("GET", "/api/nope", {}, 404),
@@ -108,11 +115,66 @@ def test_other_hosts_need_a_token(host):
     check_bind(host, TOKEN)
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com"])
+def test_a_network_token_must_resist_guessing(host):
+    for short in ("s3cret", "x" * (MIN_TOKEN_LENGTH - 1)):
+        with pytest.raises(ValueError, match=f"at least {MIN_TOKEN_LENGTH} characters") as error:
+            check_bind(host, short)
+        assert MAKE_TOKEN in str(error.value) and "--token" in str(error.value)
+    check_bind(host, "x" * MIN_TOKEN_LENGTH)
+    check_bind("127.0.0.1", "s3cret")  # on loopback a token is the user's own business
+
+
+def test_the_messages_name_the_service_and_its_option():
+    for token, match in ((None, "without a token"), ("short", "16 characters")):
+        with pytest.raises(ValueError, match=match) as error:
+            check_bind("0.0.0.0", token, what="dashboard", option="--ui-token", env="ACC_UI_TOKEN")
+        message = str(error.value)
+        assert "dashboard" in message and "--ui-token" in message and "ACC_UI_TOKEN" in message
+        assert "secrets.token_urlsafe(24)" in message
+
+
+@pytest.mark.parametrize("token", ["with space-1234567890", "tab\there-1234567890", "ünïcode-1234567890"])
+def test_a_token_must_fit_an_http_header(token):
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with pytest.raises(ValueError, match="visible ASCII"):
+            check_bind(host, token)
+
+
 def test_serve_refuses_before_opening_anything(tmp_path, monkeypatch):
     monkeypatch.delenv("ACC_TOKEN", raising=False)
     with pytest.raises(ValueError, match="--token"):
         serve("0.0.0.0", 0, tmp_path / "ws")
+    with pytest.raises(ValueError, match="16 characters"):
+        serve("0.0.0.0", 0, tmp_path / "ws", token="s3cret")
     assert not (tmp_path / "ws").exists()
+
+
+def test_acc_trainer_refuses_a_short_token_with_how_to_make_one(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "acc", "trainer", "--host", "0.0.0.0", "--token", "s3cret",
+                             "--workspace", str(tmp_path / "ws")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
+    assert "16 characters" in output and "secrets.token_urlsafe(24)" in output
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("header, token", [
+    (b"Bearer abc", b"abc"), (b"bearer abc", b"abc"), (b"BEARER abc", b"abc"), (b"bEaReR  abc ", b"abc"),
+    (b"Basic abc", None), (b"Bearer", None), (b"Bearerabc", None), (b"", None), (b"abc", None),
+])
+def test_the_bearer_scheme_is_case_insensitive(header, token):
+    assert bearer_credentials(header) == token
+
+
+def test_any_case_of_bearer_is_accepted_over_http(trainer_factory):
+    trainer = trainer_factory(token=TOKEN)
+    with httpx.Client(base_url=trainer.base_url) as http:
+        for scheme in ("Bearer", "bearer", "BEARER", "beaRer"):
+            response = http.get("/api/state", headers={"authorization": f"{scheme} {TOKEN}"})
+            assert response.status_code == 200, (scheme, response.text)
+        for header in (f"bearer {TOKEN}x", f"bearer {TOKEN[:-1]}", f"Basic {TOKEN}", f"bearer{TOKEN}", "bearer"):
+            assert http.get("/api/state", headers={"authorization": header}).status_code == 401, header
 
 
 def test_token_guards_everything(trainer_factory, sse):

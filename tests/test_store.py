@@ -53,11 +53,11 @@ def test_runs_round_trip_and_reopen(tmp_path):
     with Store(path) as store:
         first = store.create_run("first", {"lr": 0.001, "tasks": ["a", "b"]})
         second = store.create_run("second", {})
-        store.set_run_status(first, "closed")
+        store.set_run_status(first, "finished")
         assert [r["id"] for r in store.runs()] == [second, first]
         assert store.run(first)["config"] == {"lr": 0.001, "tasks": ["a", "b"]}
-        assert store.run(first)["status"] == "closed"
-        assert store.run(second)["status"] == "created"
+        assert store.run(first)["status"] == "finished"
+        assert store.run(second)["status"] == "running"
         assert store.run(12345) is None
         before = store.runs()
     with Store(path) as store:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from nicegui import ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
 
@@ -27,6 +28,7 @@ from acc.ui.charts import thin
 from acc.ui.client import TrainerClient
 from acc.ui.forms import SchemaForm
 from acc.ui.link import Link
+from acc.ui.tasks_panel import slider_position, slider_weight
 from tests.conftest import write_user_files, write_user_tasks
 
 WAIT_S = 30
@@ -45,8 +47,8 @@ async def eventually(check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
 
 
 @asynccontextmanager
-async def dashboard(url: str, token: str | None = None) -> AsyncIterator[User]:
-    """A simulated browser tab on a dashboard for the trainer at `url`."""
+async def dashboard_and_link(url: str, token: str | None = None) -> AsyncIterator[tuple[User, Link]]:
+    """A simulated browser tab on a dashboard for the trainer at `url`, and the dashboard's `Link`."""
     link = Link(url, token)
     link.start()
     async with user_simulation(root=dashboard_page(link)) as user:
@@ -55,11 +57,18 @@ async def dashboard(url: str, token: str | None = None) -> AsyncIterator[User]:
             # browser cannot answer a call that nobody awaits, such as the history's `set`).
             user.javascript_rules[re.compile(r".*accCharts\.append", re.S)] = lambda _: None
             await user.open("/")
-            yield user
+            yield user, link
         finally:
             # Stop the trainer's events before NiceGUI cancels the page's tasks, or new ones keep
             # arriving while it waits for the old ones (as `acc ui` does in its shutdown hook).
             await asyncio.to_thread(link.stop)
+
+
+@asynccontextmanager
+async def dashboard(url: str, token: str | None = None) -> AsyncIterator[User]:
+    """A simulated browser tab on a dashboard for the trainer at `url`."""
+    async with dashboard_and_link(url, token) as (user, _):
+        yield user
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +181,7 @@ async def test_weight_input_reaches_the_trainer(live_trainer):
         with TrainerClient(live_trainer.base_url) as client:
             await eventually(lambda: task_state(client, "reconstruction_task")["weight"] == 2.5)
         slider = user.find(marker="weight-slider").elements.pop()
-        assert slider.value == 2.5
+        assert slider.value == slider_position(2.5) and slider_weight(slider.value) == pytest.approx(2.5, rel=0.07)
 
 
 @pytest.mark.asyncio
@@ -236,6 +245,8 @@ async def test_a_recipe_runs_with_its_form_and_its_branches_compare_as_curves(wo
         await user.should_see("A base and two branches")
         user.find(marker="param:steps").elements.pop().set_value(7)
         user.find(marker="run-recipe").click()
+        await user.should_see("Run recipe 'TwoBranches'?")  # asked first
+        user.find(marker="confirm-run-recipe").click()
         with TrainerClient(trainer.base_url) as client:
             await eventually(lambda: [j["status"] for j in client.jobs()] == ["done"])
             nodes = {c["name"]: c for c in client.checkpoints()}
@@ -270,3 +281,20 @@ async def test_a_recipe_runs_with_its_form_and_its_branches_compare_as_curves(wo
         with TrainerClient(trainer.base_url) as client:
             await eventually(lambda: [c["name"] for c in client.checkpoints()] == ["base", "fast"])
         await eventually(lambda: set(node_flags()) == {"base", "fast"})
+
+
+@pytest.mark.asyncio
+async def test_the_evaluation_table_names_each_task_once_over_its_metrics(trainer_factory):
+    trainer = trainer_factory(tasks=["ReconstructionTask", {"type": "ClassificationTask", "latent": "digit"}])
+    async with dashboard(trainer.base_url) as user:
+        await user.should_see(marker="task:classification_task", retries=100)
+        with TrainerClient(trainer.base_url) as client:
+            results = (await asyncio.to_thread(client.evaluate))["results"]
+        assert len(results["reconstruction_task"]) > 1  # several metrics: the name could repeat
+        await user.should_see(marker="eval-table", retries=100)
+        table = user.find(marker="eval-table").elements.pop()
+        labels = [e.text for e in table.descendants() if isinstance(e, ui.label)]
+        for task, metrics in results.items():
+            assert labels.count(task) == 1, labels  # once, as the heading of its group
+            heading = labels.index(task)
+            assert labels[heading + 1:heading + 1 + 2 * len(metrics):2] == sorted(metrics)  # its metrics under it

@@ -4,11 +4,14 @@
     <root>/<id>/optimizer.safetensors   optimizer state per parameter ("<param name>::<state key>")
     <root>/<id>/meta.json               model config, task specs, optimizer settings, step, parent, ...
 
-Nothing here unpickles: tensors come from safetensors, the rest from JSON.
+Nothing here unpickles: tensors come from safetensors, the rest from JSON. The meta records the
+sha256 of each tensor file as written, and reading checks it: a flipped byte inside a tensor, which
+safetensors would load as a wrong value, is refused with the file named instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 FORMAT_VERSION = 1
 STATE_SEPARATOR = "::"
@@ -67,15 +70,18 @@ def write_checkpoint(root: Path, checkpoint_id: str, weights: dict[str, torch.Te
     tmp = root / f".tmp-{checkpoint_id}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    flat = {f"{param}{STATE_SEPARATOR}{key}": _cpu(value)
+            for param, state in optimizer.items() for key, value in state.items()}
+    files = {"weights.safetensors": save({k: _cpu(v) for k, v in weights.items()}),
+             "optimizer.safetensors": save(flat)}
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    files["meta.json"] = json.dumps({"format": FORMAT_VERSION, "id": checkpoint_id, **meta, "digests": digests},
+                                    indent=2).encode()
     try:
-        save_file({k: _cpu(v) for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-        flat = {f"{param}{STATE_SEPARATOR}{key}": _cpu(value)
-                for param, state in optimizer.items() for key, value in state.items()}
-        save_file(flat, str(tmp / "optimizer.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT_VERSION, "id": checkpoint_id, **meta},
-                                                  indent=2))
-        for name in ("weights.safetensors", "optimizer.safetensors", "meta.json"):
-            with open(tmp / name, "rb") as f:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
                 os.fsync(f.fileno())
         os.rename(tmp, final)
         _fsync_dir(root)
@@ -90,12 +96,20 @@ def read_checkpoint(path: Path) -> CheckpointData:
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-        weights = load_file(str(path / "weights.safetensors"))
-        flat = load_file(str(path / "optimizer.safetensors"))
-    except (OSError, ValueError, SafetensorError) as e:
+        raw = {name: (path / name).read_bytes() for name in ("weights.safetensors", "optimizer.safetensors")}
+    except (OSError, ValueError) as e:
         raise ValueError(f"checkpoint at {path} is unreadable: {e}") from e
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint at {path} has format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    for name, expected in meta.get("digests", {}).items():  # checkpoints from before digests have none
+        if name in raw and hashlib.sha256(raw[name]).hexdigest() != expected:
+            raise ValueError(f"checkpoint at {path} is corrupted: {path / name} does not match the sha256 "
+                             "recorded when it was saved; nothing was loaded")
+    try:
+        weights = load(raw["weights.safetensors"])
+        flat = load(raw["optimizer.safetensors"])
+    except (ValueError, SafetensorError) as e:
+        raise ValueError(f"checkpoint at {path} is unreadable: {e}") from e
     optimizer: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
         param, state_key = key.rsplit(STATE_SEPARATOR, 1)

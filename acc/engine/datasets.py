@@ -50,8 +50,8 @@ def validate_params(cls: type[Generator], params: dict | None) -> BaseModel:
     if unknown:
         raise ValueError(f"bad parameters for {cls.__name__}: unknown {', '.join(unknown)}; "
                          f"it takes: {', '.join(cls.Params.model_fields) or 'none'}")
-    try:
-        return cls.Params(**(params or {}))
+    try:  # strict: `true` is no number, whatever the user's Params says (the API's rule)
+        return cls.Params.model_validate(params or {}, strict=True)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
         raise ValueError(f"bad parameters for {cls.__name__}: {problems}") from None

@@ -32,6 +32,7 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     owns_engine: bool = False
+    autosaved: dict | None = None  # the checkpoint that saved the training a recipe replaced
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -62,8 +63,11 @@ class JobManager:
     def _on_change(self, job: Job) -> None:
         self._subscribers.publish(job)
 
-    def submit(self, kind: str, name: str, work: Callable[[Job], dict | None], owns_engine: bool = False) -> Job:
-        """Start `work(job)` on a thread; it may set `job.progress` and should watch `job.cancel`."""
+    def submit(self, kind: str, name: str, work: Callable[[Job], dict | None], owns_engine: bool = False,
+               prepare: Callable[[Job], None] | None = None) -> Job:
+        """Start `work(job)` on a thread; it may set `job.progress` and should watch `job.cancel`.
+        `prepare(job)` runs first, on the caller's thread, once the job holds the engine (if it
+        owns it): what it raises is raised here, and the job is dropped."""
         with self._lock:
             owner = self._owner()
             if owns_engine and owner is not None:
@@ -71,6 +75,13 @@ class JobManager:
                                   "cancel it or wait for it to finish")
             job = Job(id=str(next(self._ids)), kind=kind, name=name, owns_engine=owns_engine)
             self._jobs[job.id] = job
+        if prepare is not None:
+            try:
+                prepare(job)
+            except BaseException:
+                with self._lock:
+                    del self._jobs[job.id]
+                raise
         threading.Thread(target=self._run, args=(job, work), name=f"acc-job-{job.id}", daemon=True).start()
         return job
 

@@ -243,6 +243,7 @@ def run_recipe(engine: Engine, recipes: Registry, name: str, params: dict | None
         total: int | None = plan.steps_done
     except Exception:  # a recipe that reads real results cannot be planned: progress without a total
         total = None
+    engine.autosave_before(recipe_name)  # the recipe replaces the live training: keep what is unsaved
     context = RecipeContext(engine, recipe_name, version, total_steps=total, cancel=cancel, datasets=datasets,
                             on_progress=on_progress)
     engine.store.log_event(engine.run_id, "recipe", f"recipe {recipe_name} started", engine.step,
@@ -258,7 +259,8 @@ def run_recipe(engine: Engine, recipes: Registry, name: str, params: dict | None
 def start_recipe_job(jobs: JobManager, engine: Engine, recipes: Registry, name: str,
                      params: dict | None = None, datasets: DatasetCatalog | None = None) -> Job:
     """Run a recipe as a background job that owns the engine. Unknown recipe: KeyError; bad
-    parameters: ValueError; another job driving the engine: JobConflict — all before it starts."""
+    parameters: ValueError; another job driving the engine: JobConflict — all before it starts.
+    Training that no checkpoint holds is first saved as "autosave before <recipe>" (`job.autosaved`)."""
     cls = find_recipe(recipes, name)
     try:
         cls.Params(**(params or {}))
@@ -272,4 +274,8 @@ def start_recipe_job(jobs: JobManager, engine: Engine, recipes: Registry, name: 
         return asdict(run_recipe(engine, recipes, cls.__name__, params, cancel=job.cancel, datasets=datasets,
                                  on_progress=progress))
 
-    return jobs.submit("recipe", cls.__name__, work, owns_engine=True)
+    def autosave(job: Job) -> None:  # before the answer, so that it can say what was kept
+        row = engine.autosave_before(cls.__name__)
+        job.autosaved = {key: row[key] for key in ("id", "name", "step")} if row else None
+
+    return jobs.submit("recipe", cls.__name__, work, owns_engine=True, prepare=autosave)

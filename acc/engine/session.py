@@ -33,15 +33,16 @@ class Session:
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
-             watch: bool = True) -> "Session":
-        """Open everything; `watch=False` loads the registries once without a file watcher."""
+             watch: bool = True, restore: bool = False) -> "Session":
+        """Open everything; `watch=False` loads the registries once without a file watcher;
+        `restore` continues the workspace's last run from its latest autosave (the trainer does)."""
         ws = Workspace.resolve(workspace)
         store = Store(ws.db_path)
         registries = [Registry(kind, base, ws.registry_folders(kind))
                       for kind, base in (("tasks", Task), ("generators", Generator), ("recipes", Recipe))]
         for registry in registries:
             registry.start() if watch else registry.scan()
-        engine, jobs = Engine(ws, store, registries[0], config), JobManager()
+        engine, jobs = Engine(ws, store, registries[0], config, restore=restore), JobManager()
         return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]))
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import shutil
+import sysconfig
 import threading
 import time
 import traceback
@@ -20,15 +21,19 @@ import zlib
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from acc.datasets import BatchStream, Dataset, load_dataset
-from acc.engine.checkpoint import new_checkpoint_id, read_checkpoint, remove_incomplete, write_checkpoint
+from acc.engine.autosave import Autosaver
+from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue
 from acc.engine.events import Subscribers
+from acc.engine.runs import OwnerLock, mark_crashed
+from acc.engine.snapshots import CheckpointCommands
 from acc.models import build_model
 from acc.protocol import check_model, recon_probabilities
 from acc.registry import Registry
@@ -60,6 +65,9 @@ class EngineConfig:
     val_fraction: float = 0.1
     grad_clip: float | None = None  # max gradient norm; None = measure only
     run_name: str | None = None
+    autosave_every_s: float = 300.0  # seconds of training between autosaves; 0 = never
+    autosave_keep: int = 3  # autosaves kept in the workspace, newest first
+    slow_task_s: float = 1.0  # a task whose loss() takes longer per step is flagged as slow
 
 
 @dataclass
@@ -73,6 +81,8 @@ class TaskState:
     stale: bool
     error: str | None
     last_loss: float | None
+    step_ms: float | None  # time its loss() took in the last step
+    slow: bool  # step_ms is over the engine's `slow_task_s`
 
 
 @dataclass
@@ -82,11 +92,13 @@ class ActiveTask:
     stale: bool = False
     error: str | None = None
     last_loss: float | None = None
+    step_ms: float | None = None
+    slow: bool = False
 
     def state(self) -> TaskState:
         t = self.task
         return TaskState(t.name, type(t).__name__, t.latent, t.dataset, t.weight, self.enabled,
-                         self.stale, self.error, self.last_loss)
+                         self.stale, self.error, self.last_loss, self.step_ms, self.slow)
 
 
 @dataclass
@@ -101,11 +113,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def error_text(e: BaseException) -> str:
-    """`Type: message (file:line)` of the deepest frame, for an error shown to a researcher, then
-    the exception's notes (e.g. the line of the recipe that asked for what failed)."""
+# Frames in these are not where a researcher's mistake is: Python's and installed libraries' (torch),
+# and ACC's own machinery. What is left is their task, generator, recipe or model file.
+_NOT_USER_CODE = tuple(dict.fromkeys([
+    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+    *(str(Path(__file__).resolve().parent.parent / part) for part in ("engine", "store", "server", "registry.py")),
+]))
+
+
+def user_frame(e: BaseException) -> traceback.FrameSummary | None:
+    """The deepest frame of `e`'s traceback in the user's code, else the deepest frame."""
     frames = traceback.extract_tb(e.__traceback__)
-    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    for frame in reversed(frames):
+        if not frame.filename.startswith(_NOT_USER_CODE) and not frame.filename.startswith("<"):
+            return frame
+    return frames[-1] if frames else None
+
+
+def error_text(e: BaseException) -> str:
+    """`Type: message (file:line)` for an error shown to a researcher, the line being the deepest
+    one in their own code (not inside torch or the engine), then the exception's notes (e.g. the
+    line of the recipe that asked for what failed)."""
+    frame = user_frame(e)
+    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
     return "\n".join([f"{type(e).__name__}: {e}{where}", *getattr(e, "__notes__", ())])
 
 
@@ -133,11 +163,15 @@ def _cat_outputs(parts: list[Any]) -> Any:
     return first
 
 
-class Engine:
-    """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work."""
+class Engine(CheckpointCommands):
+    """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work.
+    The checkpoint commands (save, load, delete, autosave, restore) are in `acc.engine.snapshots`."""
 
     def __init__(self, workspace: Workspace, store: Store, tasks: Registry,
-                 config: EngineConfig | None = None, model: nn.Module | None = None) -> None:
+                 config: EngineConfig | None = None, model: nn.Module | None = None,
+                 restore: bool = False) -> None:
+        """With `restore`, continue the workspace's last run from its latest autosave (or the
+        checkpoint it started from); `restored_from` says what was loaded (None: a fresh start)."""
         self.workspace, self.store, self.registry = workspace, store, tasks
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
@@ -153,8 +187,14 @@ class Engine:
         self.last_eval: dict[str, dict[str, float]] = {}
         self.last_eval_step: int | None = None
         self.recent: deque[tuple[int, dict[str, float]]] = deque(maxlen=10_000)  # ring for the stream
-        self.run_id = self._new_run()
         remove_incomplete(workspace.checkpoints_dir)
+        self.owner = OwnerLock(workspace.locks_dir)
+        self.crashed_runs = mark_crashed(store, workspace.locks_dir)
+        self.autosaver = Autosaver(workspace.autosaves_dir, self.config.autosave_keep)
+        self._saved_step = 0  # the step of the last checkpoint saved or loaded: "unsaved" past it
+        self._interrupted = False  # the current run's training was stopped before its end
+        self._training_s = 0.0  # seconds of training since the last autosave
+        self.restore_error: str | None = None
 
         self._commands = CommandQueue()
         self._lock = threading.Lock()  # guards self.tasks against readers on other threads
@@ -164,6 +204,10 @@ class Engine:
         self._closing = False
         self._rate_mark = (time.perf_counter(), 0)
         self._samples = 0
+        self.run_id: int | None = None
+        self.restored_from = self._restore() if restore else None
+        if self.run_id is None:
+            self.run_id = self._new_run()
         self._unsubscribe_registry = tasks.subscribe(lambda change: self._commands.submit("refresh_stale"))
         self._thread = threading.Thread(target=self._loop, name="acc-engine", daemon=True)
         self._thread.start()
@@ -189,8 +233,10 @@ class Engine:
 
     def set_model(self, config: dict, run_name: str | None = None) -> dict:
         """Replace the model by `build_model(config)`; tasks are removed and a new run begins
-        (named `run_name`, else as configured)."""
-        return self.call("set_model", config=config, run_name=run_name)
+        (named `run_name`, else as configured). Unsaved training is first saved as checkpoint
+        "autosave before new model ..."; the state returned names it under `autosaved`."""
+        return self.call("set_model", config=config, run_name=run_name,
+                         autosave=f"new model {config.get('name')}")
 
     def set_lr(self, lr: float) -> None:
         self.call("set_lr", lr=lr)
@@ -224,8 +270,15 @@ class Engine:
 
     def load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
         """Continue from a checkpoint, in a new run; with `branch`, that run is a fork of that
-        name (checkpoints saved from it are the checkpoint's children on that branch)."""
-        return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch)
+        name (checkpoints saved from it are the checkpoint's children on that branch). Unsaved
+        training is first saved as checkpoint "autosave before load ..." (or "fork ..."); the
+        state returned names it under `autosaved`."""
+        return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch, autosave=True)
+
+    def autosave_before(self, what: str) -> dict | None:
+        """Save unsaved training as checkpoint "autosave before <what>" (before something replaces
+        it, e.g. a recipe); returns that checkpoint, or None when nothing was unsaved."""
+        return self.call("autosave_before", what=what)
 
     def delete_checkpoint(self, checkpoint_id: str) -> dict:
         """Delete a leaf of the checkpoint tree (its files and its row). Refused (ValueError) for a
@@ -236,7 +289,8 @@ class Engine:
         return {"id": row["id"], "name": row["name"]}
 
     def fingerprints(self) -> dict:
-        """sha256 of the model's tensors and of each task head's, taken between two steps."""
+        """sha256 of the model's tensors and of each task head's, taken between two steps (so this
+        waits for the current step; `state()` never does)."""
         return self.call("fingerprints")
 
     def reconstructions(self, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,15 +298,26 @@ class Engine:
         return self.call("reconstructions", n=n)
 
     def close(self, timeout: float = 10) -> None:
-        """Stop training, finish the current step, flush the store; idempotent."""
+        """Stop training, finish the current step, autosave, end the run, flush the store; idempotent."""
         if self._closing:
             return
         self._commands.submit("close")
         self._closing = True
         self._thread.join(timeout)
         self._unsubscribe_registry()
-        self.store.set_run_status(self.run_id, "closed")
+        self.autosaver.wait()
         self.store.flush()
+        self.owner.close()
+
+    def start_report(self) -> list[str]:
+        """What a researcher should know when the trainer starts: crashed runs, what it continues."""
+        lines = [f"run {run} had not ended (its trainer died): marked crashed" for run in self.crashed_runs]
+        if self.restore_error:
+            lines.append(f"starting fresh: {self.restore_error}")
+        if self.restored_from:
+            lines.append(f"continuing from the {self.restored_from} in run {self.run_id}; "
+                         "--fresh starts a new run instead")
+        return lines
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Events (`{"type": "metrics"|"state"|"eval"|"error"|"checkpoint", ...}`) as they happen.
@@ -260,12 +325,14 @@ class Engine:
         return self._subscribers.add(callback)
 
     def state(self) -> dict:
+        """What the engine is doing, read without waiting for the training thread (a step may
+        take long; reading never does). `unsaved`: it trained since the last checkpoint."""
         with self._lock:
             tasks = [asdict(t.state()) for t in self.tasks.values()]
         return {"status": self.status, "step": self.step, "run_id": self.run_id,
                 "model": self.model.config(), "tasks": tasks, "device": str(self.device),
                 "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": self.samples_per_s,
-                "parent_checkpoint": self.parent_checkpoint}
+                "parent_checkpoint": self.parent_checkpoint, "unsaved": self.step != self._saved_step}
 
     # ==== the owner thread ========================================================================
     def _loop(self) -> None:
@@ -299,7 +366,7 @@ class Engine:
         task = cls(name=name, **options)
         if task.name in self.tasks:
             raise DuplicateTaskError(f"a task named {task.name!r} already exists")
-        self._data(task.dataset)
+        task.check_data(self._data(task.dataset).stream.data)
         self._bind(task, self.model)
         if task.head is not None:
             self.optimizer.add_param_group({"params": list(task.head.parameters()), "name": f"task:{task.name}"})
@@ -337,27 +404,26 @@ class Engine:
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         self._finish_run()
+        self._interrupted = False
         self._target_step = None if steps is None else self.step + steps
         self._done = Future()
         self._rate_mark, self._samples = (time.perf_counter(), 0), 0
         self._set_status("running")
         return self._done
 
-    def _do_set_model(self, config: dict, run_name: str | None = None) -> dict:
-        """Start over with a new model: tasks are removed, the step is 0, a new run begins."""
+    def _do_set_model(self, config: dict, run_name: str | None = None, autosave: str | None = None) -> dict:
+        """Start over with a new model: tasks are removed, the step is 0, a new run begins. With
+        `autosave`, unsaved training is first saved as checkpoint "autosave before <autosave>"."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             model = self._prepare_model(build_model(config))
-        self._finish_run()
-        with self._lock:
-            self.model, self.tasks = model, {}
-        self.optimizer = self._new_optimizer(model, [])
-        self.step, self.parent_checkpoint, self.last_eval, self.last_eval_step = 0, None, {}, None
+        autosaved = self._do_autosave_before(autosave) if autosave else None
+        self._install(model, self._new_optimizer(model, []), {}, step=0, parent=None)
+        self._saved_step = 0
         self.run_id = self._new_run(run_name)
-        self._reset_streams()
         self._set_status("idle")
         self._event("model", f"new model {config.get('name')!r}", model=model.config())
-        return self.state()
+        return {**self.state(), "autosaved": autosaved}
 
     def _do_pause(self) -> None:
         if self.status == "running":
@@ -369,10 +435,16 @@ class Engine:
             self._set_status("running")
 
     def _do_stop(self) -> None:
+        if self.status != "idle":
+            self._interrupted = True
         self._finish_run()
         self._set_status("idle")
 
     def _do_close(self) -> None:
+        """Autosave what a restart would continue from, then end the run."""
+        if self.tasks or self.step:
+            self._autosave(wait=True)
+        self._end_run()
         self._finish_run()
         self.status = "idle"
 
@@ -405,112 +477,34 @@ class Engine:
     def _do_evaluate(self) -> dict[str, dict[str, float]]:
         return self._evaluate()
 
-    def _do_save_checkpoint(self, name: str | None, branch: str | None, extra: dict) -> dict:
-        checkpoint_id = new_checkpoint_id()
-        name = name or f"step-{self.step}"
-        names = self._parameter_names()
-        weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        for active in self.tasks.values():
-            if active.task.head is not None:
-                weights.update({f"task.{active.task.name}.{k}": v for k, v in active.task.head.state_dict().items()})
-        optimizer_state = {names[p]: {k: v if isinstance(v, torch.Tensor) else torch.tensor(v)
-                                      for k, v in state.items()}
-                           for p, state in self.optimizer.state.items() if p in names}
-        metrics = {f"loss/{t.task.name}": t.last_loss for t in self.tasks.values() if t.last_loss is not None}
-        metrics.update({f"eval/{task}/{k}": v for task, values in self.last_eval.items() for k, v in values.items()})
-        meta = {
-            "name": name, "parent": self.parent_checkpoint, "step": self.step, "run_id": self.run_id,
-            "created": time.time(), "model": self.model.config(),
-            "tasks": [{**t.task.spec(), "enabled": t.enabled} for t in self.tasks.values()],
-            "optimizer": {"type": "Adam", "lr": self.optimizer.param_groups[0]["lr"]},
-            "metrics": metrics, "branch": branch or self.store.run(self.run_id)["name"], **extra,
-        }
-        path = write_checkpoint(self.workspace.checkpoints_dir, checkpoint_id, weights, optimizer_state, meta)
-        self.store.add_checkpoint(checkpoint_id, self.run_id, name, self.parent_checkpoint, self.step,
-                                  str(path), meta)
-        self.parent_checkpoint = checkpoint_id
-        self._reset_streams()
-        row = {"id": checkpoint_id, "name": name, "parent": meta["parent"], "step": self.step, "branch": meta["branch"],
-               "path": str(path), "metrics": metrics}
-        self._event("checkpoint", f"checkpoint {name!r} saved at step {self.step}", **row)
-        return row
-
-    def _do_delete_checkpoint(self, checkpoint_id: str) -> dict:
-        row = self.store.checkpoint(checkpoint_id)
-        if row is None or row["id"] != checkpoint_id:  # by id only: names repeat across branches
-            raise KeyError(f"no checkpoint with id {checkpoint_id!r}")
-        children = [c["name"] for c in self.store.checkpoints() if c["parent"] == checkpoint_id]
-        if children:
-            raise ValueError(f"checkpoint {row['name']!r} has {len(children)} child checkpoint(s) "
-                             f"({', '.join(children)}); delete those first")
-        if checkpoint_id == self.parent_checkpoint:
-            raise ValueError(f"the trainer continues from checkpoint {row['name']!r}; "
-                             "save or load another one first")
-        self.store.delete_checkpoint(checkpoint_id)
-        self._event("checkpoint_deleted", f"checkpoint {row['name']!r} deleted", id=checkpoint_id)
-        return row  # its files go on the caller's thread
-
-    def _do_load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
-        row = self.store.checkpoint(id_or_name)
-        if row is None:
-            raise KeyError(f"no checkpoint with id or name {id_or_name!r}")
-        data = read_checkpoint(row["path"])
-        meta = data.meta
-        # Build everything first; the live state changes only once all of it succeeded.
-        model = self._prepare_model(build_model(meta["model"]))
-        model.load_state_dict(data.model_state())
-        tasks: dict[str, ActiveTask] = {}
-        for spec in meta["tasks"]:
-            if spec["type"] not in self.registry:
-                raise ValueError(f"checkpoint needs task type {spec['type']!r}, which is not in the registry")
-            task = self.registry.get(spec["type"])(
-                name=spec["name"], latent=spec["latent"], dataset=spec["dataset"], weight=spec["weight"],
-                out_dim=spec["out_dim"], isolation=spec["isolation"], **spec["params"])
-            self._data(task.dataset)
-            self._bind(task, model)
-            if task.head is not None:
-                task.head.load_state_dict(data.head_state(task.name))
-            tasks[task.name] = ActiveTask(task, enabled=spec.get("enabled", True))
-        optimizer = self._new_optimizer(model, list(tasks.values()))
-        for group in optimizer.param_groups:
-            group["lr"] = meta["optimizer"]["lr"]
-        by_name = {v: k for k, v in self._parameter_names(model, tasks).items()}
-        for param_name, state in data.optimizer.items():
-            if param_name in by_name:  # scalars (e.g. Adam's step) stay on the CPU, as torch keeps them
-                optimizer.state[by_name[param_name]] = {
-                    k: v if v.dim() == 0 else v.to(self.device) for k, v in state.items()}
-
-        self._finish_run()
-        with self._lock:
-            self.model, self.optimizer, self.tasks = model, optimizer, tasks
-        self.step, self.parent_checkpoint = meta["step"], row["id"]
-        self.last_eval, self.last_eval_step = {}, None
-        self._reset_streams()
-        self.run_id = self._new_run(branch or f"{row['name']}-resumed", from_checkpoint=row["id"])
-        self._set_status("idle")
-        self._event("checkpoint_loaded", f"checkpoint {row['name']!r} loaded (step {self.step})", id=row["id"])
-        return self.state()
-
     # ---- training ----------------------------------------------------------------------------
     def _step(self) -> None:
+        started = time.perf_counter()
         groups: dict[str, list[ActiveTask]] = {}
         for active in self._enabled_tasks():
             groups.setdefault(active.task.dataset, []).append(active)
 
         losses: list[tuple[ActiveTask, torch.Tensor]] = []
+        task_ms: dict[str, float] = {}
         samples = 0
         for dataset, members in groups.items():
             batch = self.data[dataset].stream.next()
             samples += batch["image"].shape[0]
             out = self.model(batch["image"])
             for active in members:
+                # Host time of the task's own code (head and loss; the shared forward is not
+                # counted): on a GPU, kernels still running are not in it, which is enough to
+                # tell which task holds the step up.
+                task_start = time.perf_counter()
                 try:
                     loss = active.task.loss(out, batch)
                     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                         raise TypeError(f"loss() must return a scalar tensor, got {type(loss).__name__}")
                 except Exception as e:
                     return self._disable(active, error_text(e))
+                task_ms[active.task.name] = 1000 * (time.perf_counter() - task_start)
                 losses.append((active, loss.reshape(())))
+        self._time_tasks(task_ms)
 
         values = torch.stack([loss.detach().float() for _, loss in losses]).tolist()  # one device sync
         bad = [(active, value) for (active, _), value in zip(losses, values) if not math.isfinite(value)]
@@ -537,13 +531,33 @@ class Engine:
         metrics["grad_norm"] = grad_norm
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["samples_per_s"] = self._measure_rate(samples)
+        metrics.update({f"time/{name}": ms for name, ms in task_ms.items()})
         self._record(metrics)
 
         if self.config.eval_every and self.step % self.config.eval_every == 0:
             self._evaluate()
+        self._training_s += time.perf_counter() - started
+        if self.config.autosave_every_s and self._training_s >= self.config.autosave_every_s:
+            self._training_s = 0.0
+            self._autosave()
         if self._target_step is not None and self.step >= self._target_step:
             self._finish_run()
             self._set_status("idle")
+
+    def _time_tasks(self, task_ms: dict[str, float]) -> None:
+        """Record each task's time; flag (once, on the stream) a task that turns slow."""
+        limit_ms = 1000 * self.config.slow_task_s
+        for name, ms in task_ms.items():
+            active = self.tasks[name]
+            active.step_ms = ms
+            slow = ms > limit_ms
+            if slow == active.slow:
+                continue
+            active.slow = slow
+            if slow:
+                self._emit_error(name, f"task {name!r} is slow: its loss took {ms / 1000:.2f} s this step "
+                                       f"(limit {self.config.slow_task_s:g} s); every control waits for the step")
+            self._event("task_slow", f"task {name!r} slow={slow}", task=name, slow=slow, step_ms=ms)
 
     def _measure_rate(self, samples: int) -> float:
         self._samples += samples
@@ -610,11 +624,13 @@ class Engine:
         return float(norm)
 
     def _drop_param_group(self, name: str) -> None:
-        for group in list(self.optimizer.param_groups):
-            if group.get("name") == name:
-                for p in group["params"]:
-                    self.optimizer.state.pop(p, None)
-                self.optimizer.param_groups.remove(group)
+        # By position, never `list.remove`: that compares groups with ==, and a group is a dict
+        # that holds tensors. Found first, then dropped: nothing changes if anything fails.
+        found = [i for i, group in enumerate(self.optimizer.param_groups) if group.get("name") == name]
+        for index in reversed(found):
+            group = self.optimizer.param_groups.pop(index)
+            for p in group["params"]:
+                self.optimizer.state.pop(p, None)
 
     def _parameter_names(self, model: nn.Module | None = None,
                          tasks: dict[str, ActiveTask] | None = None) -> dict[nn.Parameter, str]:
@@ -634,8 +650,19 @@ class Engine:
         return self.data[name]
 
     def _new_run(self, name: str | None = None, **extra: Any) -> int:
+        """End the current run (if any) and open a new one, owned by this process (see `acc.engine.runs`)."""
+        if self.run_id is not None:
+            self._end_run()
+        self._interrupted, self._training_s = False, 0.0
         name = name or self.config.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-        return self.store.create_run(name, {"engine": asdict(self.config), "model": self.model.config(), **extra})
+        return self.store.create_run(name, {"engine": asdict(self.config), "model": self.model.config(),
+                                            "owner": self.owner.name, **extra})
+
+    def _end_run(self) -> None:
+        """`stopped` if its training was cut short (stopped by hand, or replaced or closed while
+        running or paused), else `finished`."""
+        cut = self._interrupted or self.status in ("running", "paused")
+        self.store.set_run_status(self.run_id, "stopped" if cut else "finished")
 
     def _seed_for(self, what: str) -> int:
         """A stable seed per dataset stream or task head, so runs repeat exactly."""

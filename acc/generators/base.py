@@ -8,15 +8,16 @@
             ...  # returns images uint8 [n, 28, 28] and {target name: float array [n]}
 
 `Params` (pydantic) gives the dashboard its form and the API its validation. `generate` may also
-return digit labels as a third item (int [n], -1 where unknown). A generator that transforms real
-digits reads them with `self.mnist()`.
+return digit labels as a third item (int [n]: a digit class 0..9, or -1 where there is none); every
+subclass's `generate` is wrapped so that other labels are a ValueError naming the generator, before
+anything is saved. A generator that transforms real digits reads them with `self.mnist()`.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -32,9 +33,48 @@ def _mnist(mnist_dir: Path | None, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+NO_LABEL = -1
+NUM_CLASSES = 10  # digit labels are 0..9
+
+
+def check_labels(labels: Any, n: int, who: str) -> np.ndarray:
+    """`labels` as int64 [n] if each is -1 (no label) or a digit 0..9 (as integers, or floats that are
+    whole numbers); else a ValueError naming `who`, the first bad label and where it is."""
+    array = np.asarray(labels)
+    if array.shape != (n,):
+        raise ValueError(f"{who}: labels must be {n} integers (-1 or 0..9), got shape {list(array.shape)}")
+    floats = array.dtype.kind == "f"
+    whole = array.dtype.kind in "iu" or (floats and bool(np.all(np.isfinite(array) & (array == np.round(array)))))
+    if not whole:  # 3.0 is the digit 3; 3.5, NaN, True and strings are no digit
+        raise ValueError(f"{who}: labels must be integers (-1 for none, or a digit 0..9), got {array.dtype} values"
+                         + (" that are not whole numbers" if floats else ""))
+    bad = np.flatnonzero((array < NO_LABEL) | (array >= NUM_CLASSES))
+    if bad.size:
+        raise ValueError(f"{who}: labels must be -1 (none) or a digit 0..9, got {array[bad[0]]} at index {bad[0]}"
+                         + (f" (and {bad.size - 1} more)" if bad.size > 1 else ""))
+    return array.astype(np.int64)
+
+
+def _checking_labels(generate: Any) -> Any:
+    @functools.wraps(generate)
+    def checked(self: Generator, n: int, rng: np.random.Generator, params: BaseModel) -> Any:
+        result = generate(self, n, rng, params)
+        if isinstance(result, tuple) and len(result) == 3:
+            result = (*result[:2], check_labels(result[2], n, type(self).__name__))
+        return result
+    checked.checks_labels = True
+    return checked
+
+
 class Generator:
     class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)  # `true` is no number
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        generate = cls.__dict__.get("generate")
+        if callable(generate) and not getattr(generate, "checks_labels", False):
+            cls.generate = _checking_labels(generate)
 
     def __init__(self, mnist_dir: Path | None = None) -> None:
         self.mnist_dir = mnist_dir  # where MNIST's IDX files are cached (the workspace's)

@@ -89,11 +89,20 @@ def make_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
     return Server(config, app.state.broadcaster)
 
 
+def open_reporting(workspace: str | Path | None, config: EngineConfig | None, restore: bool) -> Session:
+    """Open the session and say, in the server's log, which runs had crashed and what it continues."""
+    session = Session.open(workspace, config, restore=restore)
+    for line in session.engine.start_report():
+        logging.getLogger("uvicorn.error").info(line)
+    return session
+
+
 def serve(host: str = "127.0.0.1", port: int = 8765, workspace: str | Path | None = None,
-          token: str | None = None, config: EngineConfig | None = None) -> None:
-    """Run the trainer until SIGINT/SIGTERM. The token defaults to `ACC_TOKEN`; binding anything
-    but loopback without one raises ValueError."""
+          token: str | None = None, config: EngineConfig | None = None, restore: bool = True) -> None:
+    """Run the trainer until SIGINT/SIGTERM, continuing the workspace's last run unless not
+    `restore`. The token defaults to `ACC_TOKEN`; binding anything but loopback without one
+    raises ValueError."""
     token = token or os.environ.get("ACC_TOKEN") or None
     check_bind(host, token)
-    app = create_app(partial(Session.open, workspace, config), token)
+    app = create_app(partial(open_reporting, workspace, config, restore), token)
     make_server(app, host, port).run()

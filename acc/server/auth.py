@@ -30,20 +30,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve beyond this machine without a token."""
-    if not token and not is_loopback(host):
+MIN_TOKEN_LENGTH = 16  # a guess per request over the network: 16 random characters are out of reach
+MAKE_TOKEN = 'python3 -c "import secrets; print(secrets.token_urlsafe(24))"'
+
+
+def check_bind(host: str, token: str | None, *, what: str = "trainer", option: str = "--token",
+               env: str = "ACC_TOKEN") -> None:
+    """Refuse to serve beyond this machine without a token, or with one short enough to guess.
+
+    `what` is the service (the trainer, the dashboard), `option` and `env` where its token comes from:
+    they go into the message, with the command that makes a good token."""
+    if token and not all(33 <= ord(c) <= 126 for c in token):
+        raise ValueError(f"the {what}'s token ({option} / {env}) may hold only visible ASCII characters (no "
+                         f"spaces): it is sent in an HTTP header. Make one with: {MAKE_TOKEN}")
+    if is_loopback(host):
+        return
+    if not token:
         raise ValueError(
-            f"refusing to listen on {host!r} without a token: anyone who can reach it could drive the "
-            "trainer. Pass --token (or set ACC_TOKEN), or bind 127.0.0.1 and tunnel (ssh -L).")
+            f"refusing to listen on {host!r} without a token: anyone who can reach it could drive the {what}. "
+            f"Pass {option} (or set {env}), or bind 127.0.0.1 and tunnel (ssh -L). Make a token with: {MAKE_TOKEN}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"refusing to listen on {host!r} with a {len(token)}-character {what} token ({option} / {env}): a "
+            f"token reachable from the network needs at least {MIN_TOKEN_LENGTH} characters to resist guessing. "
+            f"Make one with: {MAKE_TOKEN}")
 
 
 class TokenAuth:
-    """401 with `WWW-Authenticate: Bearer` for any HTTP request without the right token."""
+    """401 with `WWW-Authenticate: Bearer` for any HTTP request without the right token. The scheme
+    name is case-insensitive (RFC 7235: `bearer`, `BEARER`); the token is compared in constant time."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,13 +73,22 @@ class TokenAuth:
         await response(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(header, self.expected):
+        credentials = bearer_credentials(dict(scope["headers"]).get(b"authorization", b""))
+        if credentials is not None and hmac.compare_digest(credentials, self.token):
             return True
         if scope["path"] == STREAM_PATH:
             tokens = parse_qs(scope["query_string"].decode("latin-1")).get("token", [])
             return len(tokens) == 1 and hmac.compare_digest(tokens[0].encode(), self.token)
         return False
+
+
+def bearer_credentials(header: bytes) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` header value (any case of `Bearer`, as RFC 7235
+    has it), or None for another scheme or none."""
+    scheme, space, credentials = header.partition(b" ")
+    if not space or scheme.lower() != b"bearer":
+        return None
+    return credentials.strip(b" \t")
 
 
 class _RedactTokens(logging.Filter):

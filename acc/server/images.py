@@ -11,7 +11,13 @@ from PIL import Image, ImageDraw, ImageFont
 SCALE = 3  # 28 px digits become 84 px: readable without the browser's blurry upscaling
 GAP = 2  # px of mid-grey between digits and between rows
 GAP_VALUE = 96
-CAPTION_H = 14  # px under each captioned image
+# Captions of the dataset grids: the page shows a grid at about its own size (8 columns of 2x
+# digits, ~480 px), so a caption's pixels are about CSS pixels: 16 px text (digits ~11 px tall)
+# reads at the default zoom, where 11 px text (digits 8 px tall) did not.
+CAPTION_FONT_PX = 16
+CAPTION_MIN_FONT_PX = 11  # a caption too wide for its cell at the full size shrinks down to this
+CAPTION_H = 21  # px under each captioned image
+CAPTION_SCALE = 2
 
 
 def grid_png(rows: list[torch.Tensor], scale: int = SCALE, gap: int = GAP) -> bytes:
@@ -30,9 +36,10 @@ def grid_png(rows: list[torch.Tensor], scale: int = SCALE, gap: int = GAP) -> by
     return out.getvalue()
 
 
-def captioned_grid_png(images: torch.Tensor, captions: list[str], columns: int = 8, scale: int = 2) -> bytes:
+def captioned_grid_png(images: torch.Tensor, captions: list[str], columns: int = 8,
+                       scale: int = CAPTION_SCALE) -> bytes:
     """Images (uint8 [n, 1, 28, 28]) in rows of `columns`, each with its caption underneath."""
-    font = ImageFont.load_default(size=11)
+    fonts = [ImageFont.load_default(size=size) for size in range(CAPTION_FONT_PX, CAPTION_MIN_FONT_PX - 1, -1)]
     n, _, h, w = images.shape
     cell_w, cell_h = w * scale + GAP * 2, h * scale + CAPTION_H + GAP
     rows = max(1, -(-n // columns))
@@ -42,7 +49,8 @@ def captioned_grid_png(images: torch.Tensor, captions: list[str], columns: int =
     for i, (image, caption) in enumerate(zip(pixels, captions)):
         left, top = GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h
         canvas.paste(Image.fromarray(image), (left, top))
-        draw.text((left + w * scale / 2, top + h * scale + 1), caption, fill=255, font=font, anchor="ma")
+        font = next((f for f in fonts if draw.textlength(caption, font=f) <= cell_w - GAP), fonts[-1])
+        draw.text((left + w * scale / 2, top + h * scale + 2), caption, fill=255, font=font, anchor="ma")
     out = io.BytesIO()
     canvas.save(out, format="PNG")
     return out.getvalue()

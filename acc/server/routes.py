@@ -28,7 +28,8 @@ from acc.engine.recipes import start_recipe_job
 from acc.store.lineage import lineage_metrics, run_lineage, segments_metrics
 from acc.engine.session import Session
 from acc.server.images import grid_png
-from acc.server.schemas import (TASK_NAME, Checkpoint, CheckpointCreate, Error, EvalResult, ForkRequest, Health, Job,
+from acc.server.schemas import (NAME_MAX, TASK_NAME, Checkpoint, CheckpointCreate, Error, EvalResult, Fingerprints, ForkRequest,
+                                Health, Job,
                                 LearningRate, Metrics, RecipeRun, RegistryListing, Run, State, TaskCreate, TaskState, TaskUpdate,
                                 TrainRequest)
 from acc.server.stream import Broadcaster
@@ -45,7 +46,7 @@ def get_session(request: Request) -> Session:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-NameInPath = Annotated[str, Path(pattern=TASK_NAME)]
+NameInPath = Annotated[str, Path(pattern=TASK_NAME, max_length=NAME_MAX)]
 
 
 def _message(e: BaseException) -> str:
@@ -84,8 +85,16 @@ Manual = [Depends(no_job_driving)]
 
 
 def full_state(engine: Engine) -> State:
-    fingerprints = engine.fingerprints()
-    return State(**engine.state(), fingerprints=fingerprints)
+    """The engine's state, read without waiting for the training thread (a step may take long)."""
+    return State(**engine.state())
+
+
+def replaced_state(session: Session, result: dict) -> State:
+    """The state after a load, fork or new model, naming the autosave of what it replaced."""
+    autosaved = result.get("autosaved")
+    row = session.store.checkpoint(autosaved["id"]) if autosaved else None
+    return State(**session.engine.state(),
+                 autosaved=_checkpoint(row, _run_names(session)) if row is not None else None)
 
 
 def _task_state(state: EngineTaskState) -> TaskState:
@@ -124,6 +133,14 @@ async def health() -> Health:
 def get_state(session: SessionDep) -> State:
     with engine_errors():
         return full_state(session.engine)
+
+
+@router.get("/fingerprints", response_model=Fingerprints)
+def fingerprints(session: SessionDep) -> Fingerprints:
+    """sha256 of the model's and each task head's tensors, taken between two steps: this one waits
+    for the current step (GET /api/state never does)."""
+    with engine_errors():
+        return Fingerprints(**session.engine.fingerprints())
 
 
 @router.post("/train", response_model=State, dependencies=Manual)
@@ -281,10 +298,10 @@ def delete_checkpoint(id: NameInPath, session: SessionDep) -> None:
 @router.post("/checkpoints/{id}/load", response_model=State, dependencies=Manual)
 def load_checkpoint(id: NameInPath, session: SessionDep) -> State:
     """Replace the model, tasks and optimizer by a checkpoint's (by id, or newest of that name);
-    training continues from it in a new run."""
-    with engine_errors(invalid=status.HTTP_409_CONFLICT):  # e.g. its task type is not registered now
-        session.engine.load_checkpoint(id)
-        return full_state(session.engine)
+    training continues from it in a new run. Unsaved training is first saved as checkpoint
+    "autosave before load <name>" (`autosaved` in the answer)."""
+    with engine_errors(invalid=status.HTTP_409_CONFLICT):  # e.g. its task type is not registered now, or corrupted
+        return replaced_state(session, session.engine.load_checkpoint(id))
 
 
 @router.post("/checkpoints/{id}/fork", response_model=State, dependencies=Manual)
@@ -292,8 +309,7 @@ def fork_checkpoint(id: NameInPath, body: ForkRequest, session: SessionDep) -> S
     """Load a checkpoint as the start of a new branch `name`: checkpoints saved from here on are
     its children on that branch, and the checkpoint itself stays as it was."""
     with engine_errors(invalid=status.HTTP_409_CONFLICT):
-        session.engine.load_checkpoint(id, branch=body.name)
-        return full_state(session.engine)
+        return replaced_state(session, session.engine.load_checkpoint(id, branch=body.name))
 
 
 # ---- recipes and jobs --------------------------------------------------------------------------

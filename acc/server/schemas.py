@@ -1,25 +1,41 @@
 """Pydantic models at the HTTP edge: every request body and response of the API (DESIGN §4).
 
-Request models forbid unknown fields and bound every number, so bad input is a 422 with a clear
-`detail` before it reaches the engine.
+Request models forbid unknown fields, bound every number and are strict about types (`true` is no
+number, `1` no boolean, `"5"` no integer), so bad input is a 422 with a clear `detail` before it
+reaches the engine.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from acc.tasks.base import MAX_WEIGHT
 
-TASK_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+# A name of a task, checkpoint, branch, latent group or target: it appears in URL paths, so it needs at
+# least one letter or digit (`.` and `..` would be resolved away by every client). The pattern cannot say
+# "at most 64" as well (no look-ahead in pydantic's regex engine): fields add `max_length=NAME_MAX`.
+TASK_NAME = r"^[_.-]{0,63}[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_MAX = 64
 TYPE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 DATASET_NAME = r"^[a-z0-9_-]{1,64}$"
 MAX_STEPS = 100_000_000
 
 
+def _whole_float_as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field of a (strict) request takes `5` and, as JSON Schema has it, `5.0`; not `true`, `"5"` or
+# `5.5`. The bounds come before it in `Annotated`, else the JSON schema shows them as "ge"/"le", not
+# "minimum"/"maximum" (pydantic 2.14).
+WHOLE_FLOAT = BeforeValidator(_whole_float_as_int)
+Int = Annotated[int, WHOLE_FLOAT]
+
+
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -38,6 +54,8 @@ class TaskState(BaseModel):
     stale: bool
     error: str | None
     last_loss: float | None
+    step_ms: float | None = Field(None, description="time its loss() took in the last step, ms")
+    slow: bool = Field(False, description="step_ms is over the trainer's limit (slow_task_s)")
 
 
 class Fingerprints(BaseModel):
@@ -56,7 +74,9 @@ class State(BaseModel):
     lr: float
     samples_per_s: float
     parent_checkpoint: str | None
-    fingerprints: Fingerprints
+    unsaved: bool = Field(False, description="it trained since the last checkpoint was saved or loaded")
+    autosaved: Checkpoint | None = Field(None, description="in the answer to a load, fork or new model: the "
+                                         "checkpoint that first saved the unsaved training it replaced")
 
 
 class RegistryItem(BaseModel):
@@ -108,7 +128,7 @@ class Checkpoint(BaseModel):
 # ---- requests ----------------------------------------------------------------------------------
 class TrainRequest(Request):
     action: Literal["start", "pause", "resume", "stop"]
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="for start: steps to train (none: until stopped)")
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS), WHOLE_FLOAT] | None = Field(None, description="for start: steps to train (none: until stopped)")
 
 
 class LearningRate(Request):
@@ -117,9 +137,9 @@ class LearningRate(Request):
 
 class TaskCreate(Request):
     type: str = Field(..., pattern=TYPE_NAME, description="a task class name from /api/registry/tasks")
-    name: str | None = Field(None, pattern=TASK_NAME)
+    name: str | None = Field(None, pattern=TASK_NAME, max_length=NAME_MAX)
     weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
-    latent: str | None = Field(None, pattern=TASK_NAME, description="a latent group of the model")
+    latent: str | None = Field(None, pattern=TASK_NAME, max_length=NAME_MAX, description="a latent group of the model")
     dataset: str | None = Field(None, pattern=DATASET_NAME)
     isolation: Literal["probe", "slot", "shared"] | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="the task type's own parameters")
@@ -131,7 +151,7 @@ class TaskUpdate(Request):
 
 
 class CheckpointCreate(Request):
-    name: str | None = Field(None, pattern=TASK_NAME)
+    name: str | None = Field(None, pattern=TASK_NAME, max_length=NAME_MAX)
 
 
 # ---- added with the service --------------------------------------------------------------------
@@ -178,6 +198,8 @@ class Job(BaseModel):
     created: float
     finished: float | None
     owns_engine: bool
+    autosaved: dict[str, Any] | None = Field(None, description="a recipe's: {id, name, step} of the checkpoint "
+                                             "that saved the unsaved training it replaced")
 
 
 class RecipeRun(Request):
@@ -185,15 +207,15 @@ class RecipeRun(Request):
 
 
 class ForkRequest(Request):
-    name: str = Field(..., pattern=TASK_NAME, description="name of the new branch")
+    name: str = Field(..., pattern=TASK_NAME, max_length=NAME_MAX, description="name of the new branch")
 
 
 # ---- datasets ----------------------------------------------------------------------------------
 class DatasetCreate(Request):
     generator: str = Field(..., pattern=TYPE_NAME, description="a generator class name from /api/registry/generators")
     name: str = Field(..., pattern=DATASET_NAME, description="the new dataset's name (the file is <name>.pt)")
-    n: int = Field(..., ge=1, le=1_000_000, description="number of images")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    n: Int = Field(..., ge=1, le=1_000_000, description="number of images")
+    seed: Int = Field(0, ge=0, le=2**32 - 1)
     params: dict[str, Any] = Field(default_factory=dict, description="the generator's own parameters")
 
 

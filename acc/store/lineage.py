@@ -5,7 +5,9 @@ checkpoint is pieced together from segments: its own run from just after its par
 step, the parent's run before that, and so on up to the root. Two checkpoints forked from one
 parent then share their curves up to the fork and differ after it, which is what comparing them
 is about. A run started from a checkpoint (a load or a fork) is that checkpoint's lineage followed
-by the run's own points, so its charts show where it came from, as W&B shows a forked run.
+by the run's own points, so its charts show where it came from, as W&B shows a forked run. A run
+that continues a crashed one from its autosave is the crashed run's lineage up to the autosave's
+step, then its own points.
 """
 
 from __future__ import annotations
@@ -43,11 +45,17 @@ def lineage(store: Store, checkpoint_id: str) -> list[Segment]:
 
 
 def run_lineage(store: Store, run_id: int) -> list[Segment]:
-    """The segments of a run with its ancestors': the lineage of the checkpoint it started from
-    (if any, and if it still exists), then the run itself. KeyError if the run is unknown."""
+    """The segments of a run with its ancestors': the lineage of the run it continues after a
+    crash, or of the checkpoint it started from (if any, and if it still exists), then the run
+    itself. KeyError if the run is unknown."""
     run = store.run(run_id)
     if run is None:
         raise KeyError(f"no run with id {run_id}")
+    continued = run["config"].get("continues")
+    if continued and store.run(continued["run_id"]) is not None:  # a restart after a crash
+        before = [Segment(s.checkpoint, s.run_id, s.since, min(s.until, continued["step"]))
+                  for s in run_lineage(store, continued["run_id"]) if s.since <= continued["step"]]
+        return before + [Segment(None, run_id, continued["step"] + 1, OPEN_END)]
     origin = run["config"].get("from_checkpoint")
     start = store.checkpoint(origin) if origin else None
     if start is None:

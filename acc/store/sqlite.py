@@ -249,8 +249,8 @@ class Store:
     # -- runs --------------------------------------------------------------------------------------
 
     def create_run(self, name: str, config: dict) -> int:
-        """Record a new run (status "created") and return its id."""
-        row = (name, _time.time(), _to_json(config, "config"), "created")
+        """Record a new, open run (status "running") and return its id."""
+        row = (name, _time.time(), _to_json(config, "config"), "running")
         with _transaction(self._conn(), "IMMEDIATE") as conn:
             return conn.execute("INSERT INTO runs (name, created, config, status) VALUES (?, ?, ?, ?)", row).lastrowid
 
@@ -271,7 +271,8 @@ class Store:
         return {"id": id, "name": name, "created": created, "config": json.loads(config), "status": status}
 
     def set_run_status(self, run_id: int, status: str) -> None:
-        """Set a run's status (free text, e.g. "running", "closed")."""
+        """Set a run's status: "running" while open, then "finished", "stopped" or "crashed"
+        (see `acc.engine.runs`)."""
         with _transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("UPDATE runs SET status = ? WHERE id = ?", (str(status), run_id))
 

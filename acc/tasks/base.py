@@ -33,11 +33,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from acc.datasets import Dataset
 from acc.protocol import Batch, ModelOutput
 
 ISOLATION_MODES = ("probe", "slot", "shared")
 MAX_WEIGHT = 1000.0
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_PATTERN = re.compile(r"^(?=.*[A-Za-z0-9])[A-Za-z0-9_.-]{1,64}$")  # "." and ".." are no names
 
 
 def default_task_name(cls: type) -> str:
@@ -69,8 +70,9 @@ class Task:
                  weight: float | None = None, out_dim: int | None = None, isolation: str | None = None,
                  **params: Any) -> None:
         self.name = name or default_task_name(type(self))
-        if not NAME_PATTERN.match(self.name):
-            raise ValueError(f"task name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"task name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+                             "with at least one letter or digit")
         self.latent = latent or type(self).latent
         self.dataset = dataset or type(self).dataset
         self.weight = check_weight(type(self).weight if weight is None else weight)
@@ -103,6 +105,10 @@ class Task:
         self.slice = model.latent_slices[self.latent]
         self.recon_logits = bool(model.recon_logits)
         self.head = self.build_head(self.slice.stop - self.slice.start)
+
+    def check_data(self, dataset: Dataset) -> None:
+        """Refuse a dataset this task cannot train on (raise ValueError saying why), checked when
+        the task is added, before it trains; override, e.g. for a target the task needs."""
 
     # -- what a task author uses ---------------------------------------------------------------
     def features(self, out: ModelOutput) -> torch.Tensor:

@@ -8,6 +8,10 @@ class ClassificationTask(Task):
 
     out_dim = 10
 
+    def check_data(self, dataset):
+        if not (dataset.labels >= 0).any():
+            raise ValueError(f"dataset {self.dataset!r} has no class labels to classify")
+
     def loss(self, out, batch):
         labels = batch["label"]
         if not (labels >= 0).any():

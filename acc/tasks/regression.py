@@ -11,6 +11,11 @@ class RegressionTask(Task):
         model_config = ConfigDict(extra="forbid")
         target: str = Field(..., min_length=1, description="name of the dataset target to predict")
 
+    def check_data(self, dataset):
+        if self.target not in dataset.targets:
+            raise ValueError(f"dataset {self.dataset!r} has no target {self.target!r}; "
+                             f"its targets: {', '.join(sorted(dataset.targets)) or 'none'}")
+
     def _target(self, batch):
         if self.target not in batch["targets"]:
             raise KeyError(f"dataset {self.dataset!r} has no target {self.target!r}; "

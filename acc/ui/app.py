@@ -20,10 +20,12 @@ from typing import Any
 
 from nicegui import app, background_tasks, ui
 
+from acc.server.auth import check_bind
 from acc.ui.actions import fetch
 from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory, register_routes
 from acc.ui.datasets import DatasetsPanel
 from acc.ui.link import Link, metric_points
+from acc.ui.login import install_login, session_middleware_kwargs, storage_secret
 from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
 from acc.ui.status import Banner, StatusBar
 from acc.ui.tasks_panel import TasksPanel
@@ -240,10 +242,17 @@ def dashboard_page(link: Link) -> Callable[[], None]:
 
 
 def run_dashboard(trainer_url: str, token: str | None, host: str = "127.0.0.1", port: int = 8080,
-                  show: bool = False) -> None:
-    """Serve the dashboard for the trainer at `trainer_url` until interrupted."""
+                  show: bool = False, ui_token: str | None = None) -> None:
+    """Serve the dashboard for the trainer at `trainer_url` (whose token is `token`) until interrupted.
+    With `ui_token` every page asks for it first (`acc.ui.login`); binding anything but loopback
+    without one, or with one too short to resist guessing, is a ValueError before anything starts."""
+    check_bind(host, ui_token, what="dashboard", option="--ui-token", env="ACC_UI_TOKEN")
+    login: dict[str, Any] = {}
+    if ui_token:
+        install_login(app, ui_token)
+        login = {"storage_secret": storage_secret(ui_token), "session_middleware_kwargs": session_middleware_kwargs()}
     link = Link(trainer_url, token)
     app.on_startup(link.start)
     app.on_shutdown(link.stop)
     ui.run(dashboard_page(link), host=host, port=port, show=show, reload=False, title="ACC",
-           favicon="◆", show_welcome_message=False, tailwind=False)
+           favicon="◆", show_welcome_message=False, tailwind=False, **login)

@@ -41,6 +41,11 @@ STATIC_URL = "/_acc/static/1"  # the number changes with what is in it, so brows
 # scrolled into view. Drag to zoom into steps (live points then keep that view), double-click to
 # see everything again. `summary()` tells tests and the benchmark what each chart holds and has
 # drawn.
+# Evaluation series (`eval/...`) are drawn raw, as points joined by a line, never smoothed: they
+# are a few measurements, each already an average over the validation set, and an EMA over a
+# handful of sparse points lags and bends the line away from the values actually measured. A
+# chart whose points all sit at one step (a first evaluation) gets an x range around that step,
+# where uPlot would span 0 to twice the step.
 CHARTS_JS = """
 <link rel="stylesheet" href="%(static)s/uPlot.min.css">
 <script defer src="%(static)s/uPlot.iife.min.js"></script>
@@ -75,7 +80,7 @@ window.accCharts = {
   },
   resmooth(s) {
     s.ema = {last: 0, count: 0};
-    s.smooth = this.smoothing ? this.smoothed(s.raw, s) : [];
+    s.smooth = this.smoothing && !s.rawOnly ? this.smoothed(s.raw, s) : [];
   },
   // A chart's whole series; `keepNewer` keeps the points it already has past the new ones' end
   // (a series fetched again while live points kept coming).
@@ -91,7 +96,7 @@ window.accCharts = {
     this.drain();
   },
   adopt(node) {
-    node.acc = {raw: [], smooth: [], ema: null, plot: null};
+    node.acc = {raw: [], smooth: [], ema: null, plot: null, rawOnly: node.dataset.key.startsWith("eval/")};
     this.onScreen.observe(node);
     this.onResize.observe(node);
   },
@@ -111,7 +116,7 @@ window.accCharts = {
           this.resmooth(s);
         } else {
           s.raw.push(...points);
-          if (this.smoothing) s.smooth.push(...this.smoothed(points, s));
+          if (this.smoothing && !s.rawOnly) s.smooth.push(...this.smoothed(points, s));
         }
       }
       this.drawOrDefer(node);
@@ -123,7 +128,7 @@ window.accCharts = {
     return {width: Math.max(100, node.clientWidth), height: Math.max(60, node.clientHeight - 46)};
   },
   options(node) {
-    const sparse = node.dataset.key.startsWith("eval/");  // a few points: show them
+    const sparse = node.acc.rawOnly;  // a few points: show them, as measured
     const line = (label, stroke, width) => ({label, stroke, width, points: {show: sparse, size: 5}});
     const font = "11px Roboto, sans-serif";
     return {
@@ -132,10 +137,16 @@ window.accCharts = {
       axes: [{font, size: 30},  // four significant digits: a learning rate of 0.0015 is not "0.002"
              {font, size: 56, space: 24, values: (u, ticks) => ticks.map((v) => v == null ? "" : String(+v.toPrecision(4)))}],
       cursor: {drag: {x: true, y: false}},
-      series: [{label: "step"},
-               line("raw", () => this.smoothing ? "rgba(100, 181, 246, 0.45)" : "#64b5f6", 1),
-               line("smoothed", "#1565c0", 2)],
+      series: sparse ? [{label: "step"}, line("value", "#1565c0", 2)]
+                     : [{label: "step"},
+                        line("raw", () => this.smoothing ? "rgba(100, 181, 246, 0.45)" : "#64b5f6", 1),
+                        line("smoothed", "#1565c0", 2)],
     };
+  },
+  // The x range of a chart whose points are all at one step: around it, not from 0 to twice it.
+  pointRange(step) {
+    const pad = Math.max(5, Math.abs(step) * 0.1);
+    return {min: step >= 0 ? Math.max(0, step - pad) : step - pad, max: step + pad};
   },
   range(min, max) {  // uPlot's own ranges, with room around a (nearly) constant series: a fixed lr
     if (min == null || max == null) return [0, 1];
@@ -153,17 +164,20 @@ window.accCharts = {
     const s = node.acc;
     s.stale = false;
     s.drawn = s.raw.length;
-    const data = [s.raw.map((p) => p[0]), s.raw.map((p) => p[1]),
-                  s.smooth.length === s.raw.length ? s.smooth.map((p) => p[1]) : s.raw.map(() => null)];
+    const data = [s.raw.map((p) => p[0]), s.raw.map((p) => p[1])];
+    if (!s.rawOnly)
+      data.push(s.smooth.length === s.raw.length ? s.smooth.map((p) => p[1]) : s.raw.map(() => null));
+    const steps = data[0], oneStep = steps.length > 0 && steps[0] === steps[steps.length - 1];
     if (!s.plot || s.log !== this.log) {  // the y scale's kind is fixed when a plot is made
       s.plot?.destroy();
       s.plot = new uPlot(this.options(node), data, node);
       s.log = this.log;
-      return;
+    } else {
+      const u = s.plot, x = u.data[0];  // zoomed in: keep the view while live points come
+      const zoomed = x.length > 1 && (u.scales.x.min > x[0] || u.scales.x.max < x[x.length - 1]);
+      u.setData(data, !zoomed);
     }
-    const u = s.plot, x = u.data[0];  // zoomed in: keep the view while live points come
-    const zoomed = x.length > 1 && (u.scales.x.min > x[0] || u.scales.x.max < x[x.length - 1]);
-    u.setData(data, !zoomed);
+    if (oneStep) s.plot.setScale("x", this.pointRange(steps[0]));
   },
   drawOrDefer(node) {
     if (node.acc.visible === false) node.acc.stale = true;
@@ -185,7 +199,8 @@ window.accCharts = {
       const raw = node.acc.raw;
       out[node.dataset.key] = {points: raw.length, drawn: node.acc.drawn || 0,
                                firstStep: raw.length ? raw[0][0] : null,
-                               lastStep: raw.length ? raw[raw.length - 1][0] : null};
+                               lastStep: raw.length ? raw[raw.length - 1][0] : null,
+                               smoothed: node.acc.smooth.length > 0};
     }
     return out;
   },

@@ -70,6 +70,10 @@ class TrainerClient:
     def state(self) -> dict:
         return self._json("GET", "/api/state")
 
+    def fingerprints(self) -> dict:
+        """sha256 of the model's and the task heads' tensors (waits for the current step)."""
+        return self._json("GET", "/api/fingerprints")
+
     def train(self, action: str, steps: int | None = None) -> dict:
         body = {"action": action} | ({"steps": steps} if steps is not None else {})
         return self._json("POST", "/api/train", json=body)

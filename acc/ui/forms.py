@@ -1,6 +1,7 @@
 """A form built from a JSON schema (a task's pydantic `Params`): one input per property.
 
-Strings, numbers, integers, booleans and enums get their natural input; lists are typed comma
+Strings, numbers, integers, booleans and enums get their natural input (a string whose possible
+values the page knows, such as a dataset's targets, a choice among them); lists are typed comma
 separated; anything else as JSON. Required properties are marked with `*` and checked before
 sending; optional ones left empty are not sent, so the task's own defaults apply. The trainer
 validates again and its error detail is shown if it disagrees.
@@ -30,15 +31,21 @@ def _resolve(schema: dict, root: dict) -> dict:
 class Field:
     """One property: its input element and how to read it back."""
 
-    def __init__(self, name: str, schema: dict, required: bool, root: dict) -> None:
+    def __init__(self, name: str, schema: dict, required: bool, root: dict, choices: list[str] | None = None) -> None:
         self.name, self.required = name, required
         self.kind = "enum" if "enum" in schema else schema.get("type", "json")
         if self.kind not in ("enum", "boolean", "number", "integer", "string", "array"):
             self.kind = "json"  # objects, unions: typed as JSON
+        if choices is not None and self.kind == "string":
+            self.kind = "choice"  # a string the page knows the possible values of (a dataset's targets)
         label = schema.get("title", name) + (" *" if required else "")
         default = schema.get("default")
         if self.kind == "enum":
             self.input = ui.select(schema["enum"], label=label, value=default)
+        elif self.kind == "choice":
+            self.input = ui.select([], label=label)
+            self.default = default
+            self.set_choices(choices or [])
         elif self.kind == "boolean":
             self.input = ui.checkbox(label, value=bool(default))
         elif self.kind in ("number", "integer"):
@@ -50,6 +57,12 @@ class Field:
         if schema.get("description"):
             self.input.tooltip(schema["description"])
         self.items = _resolve(schema.get("items", {}), root) if self.kind == "array" else {}
+
+    def set_choices(self, choices: list[str]) -> None:
+        """The values a "choice" field offers; the chosen one stays if it still can be, else the
+        default, else the first."""
+        value = next((v for v in (self.input.value, self.default) if v in choices), next(iter(choices), None))
+        self.input.set_options(list(choices), value=value)
 
     def _as_text(self, value: Any) -> str:
         if value is None:
@@ -79,12 +92,17 @@ class Field:
 
 
 class SchemaForm:
-    """Inputs for every property of `schema`, created in the current container."""
+    """Inputs for every property of `schema`, created in the current container. `choices` turns
+    string properties into a choice among the given values (see `Field.set_choices`)."""
 
-    def __init__(self, schema: dict) -> None:
+    def __init__(self, schema: dict, choices: dict[str, list[str]] | None = None) -> None:
         required = set(schema.get("required", []))
-        self.fields = [Field(name, _resolve(prop, schema), name in required, schema)
+        choices = choices or {}
+        self.fields = [Field(name, _resolve(prop, schema), name in required, schema, choices.get(name))
                        for name, prop in schema.get("properties", {}).items()]
+
+    def field(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
 
     def values(self) -> dict[str, Any]:
         """The parameters to send; raises ValueError naming the first bad or missing field."""

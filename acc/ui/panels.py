@@ -71,13 +71,15 @@ class EvalPanel:
                 return
             latest = self.history[-1]
             ui.label(f"step {latest['step']:,}").classes("acc-note")
-            grid = ui.grid(columns="auto auto auto auto").classes("full-width items-center text-body2")
-            with grid.style("gap: 0 .75rem"):
+            # Grouped by task: its name once, over its metrics' rows.
+            grid = ui.grid(columns="auto auto 1fr").classes("full-width items-center text-body2")
+            with grid.style("gap: 0 .75rem").props('data-role="eval-table"').mark("eval-table"):
                 for task, metrics in sorted(latest["results"].items()):
+                    ui.label(task).classes("text-weight-medium q-pt-xs").style("grid-column: 1 / -1").props(
+                        f'data-eval-task="{task}"')
                     for metric, value in sorted(metrics.items()):
                         trend = [e["results"].get(task, {}).get(metric, math.nan) for e in self.history]
-                        ui.label(task).classes("text-weight-medium")
-                        ui.label(metric)
+                        ui.label(metric).classes("q-pl-md")
                         ui.label(f"{value:.4g}").classes("acc-num").props(
                             f'data-metric="{task}/{metric}"')
                         ui.html(sparkline(trend), sanitize=False).tooltip(  # numbers only: nothing to sanitize

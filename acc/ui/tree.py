@@ -76,6 +76,18 @@ def deletion_refused(row: dict[str, Any] | None, rows: list[dict[str, Any]], cur
     return None
 
 
+def autosave_note(state: dict[str, Any] | None, what: str) -> str | None:
+    """What a confirmation says when the trainer will first save the live training as a checkpoint
+    (`state["unsaved"]`, missing: False): "" when nothing unsaved is lost, None when the trainer
+    does not say (an older trainer, which autosaves nothing either)."""
+    if not state or "unsaved" not in state:
+        return None
+    if not state["unsaved"]:
+        return ""
+    return (f"The live training at step {state['step']:,} is not saved: it will first be saved as checkpoint "
+            f"'autosave before {what}'.")
+
+
 def fork_step(rows: dict[str, dict[str, Any]], a: str, b: str) -> int | None:
     """The step of the nearest checkpoint that `a` and `b` both descend from (or are), else None."""
     def chain(node: str | None) -> list[str]:
@@ -127,6 +139,20 @@ def compare_options(key: str, curves: list[tuple[str, dict[str, list] | None]], 
             "yAxis": {"type": "value", "scale": True}, "tooltip": {"trigger": "axis"}, "series": series}
 
 
+def autosave_label(note: str | None) -> ui.label:
+    """The autosave line of a confirmation (see `autosave_note`), shown when there is one."""
+    label = ui.label(note or "").classes("text-body2 text-deep-orange-9 text-weight-medium").props(
+        'data-role="autosave-note"').mark("autosave-note")
+    label.set_visibility(bool(note))
+    return label
+
+
+def loaded_message(what: str, result: dict[str, Any]) -> str:
+    """The notification after a load or a fork, naming the autosave made first, if any."""
+    autosaved = result.get("autosaved") if isinstance(result, dict) else None
+    return what + (f"; the live training was first saved as {autosaved['name']!r}" if autosaved else "")
+
+
 class CheckpointTree:
     """The workspace's checkpoints as a tree, with save, load, fork and compare."""
 
@@ -153,11 +179,17 @@ class CheckpointTree:
         with ui.row().classes("full-width items-center acc-gap-sm"):
             self.selected = ui.label("select a node · tick two to compare").classes("acc-note")
             ui.space()
-            self.load_button = ui.button("Load", icon="restore", on_click=self.load).props("flat dense")
-            self.fork_button = ui.button("Fork", icon="call_split", on_click=self.fork).props("flat dense")
-            self.delete_button = ui.button(icon="delete", on_click=self.delete).props("flat dense round").mark(
-                "delete-checkpoint")
-            self.delete_tip = self.delete_button.tooltip("")
+            self.load_button = ui.button("Load", icon="restore", on_click=self.load).props("flat dense").mark(
+                "load-checkpoint")
+            self.fork_button = ui.button("Fork", icon="call_split", on_click=self.fork).props("flat dense").mark(
+                "fork-checkpoint")
+            # An icon button with a hover text that says what it does or why it is off. The text is
+            # its own tooltip element: `button.tooltip()` returns the button, whose `set_text` would
+            # set its label. The tooltip sits on a wrapper, as a disabled button gets no hover.
+            with ui.element("span").props('data-role="delete-checkpoint-wrap"'):
+                self.delete_button = ui.button(icon="delete", on_click=self.delete).props(
+                    'flat dense round data-role="delete-checkpoint"').mark("delete-checkpoint")
+                self.delete_tip = ui.tooltip("").mark("delete-checkpoint-tip")
             self.compare_button = ui.button("Compare", icon="compare_arrows", on_click=self.compare).props(
                 "flat dense").mark("compare")
         self._show_selection()
@@ -208,16 +240,20 @@ class CheckpointTree:
         row = self._chosen()
         if row is None:
             return
+        note = autosave_note(self.link.state, f"load {row['name']}")
         with ui.dialog() as dialog, ui.card():
-            ui.label(f"Load checkpoint {row['name']!r} (step {row['step']:,})? The current model, tasks and "
-                     "optimizer are replaced; save first to keep them.")
+            ui.label(f"Load checkpoint {row['name']!r} (step {row['step']:,})? The live model, tasks and "
+                     "optimizer are replaced" + ("; save first to keep them." if note is None else "."))
+            autosave_label(note)
             with ui.row().classes("full-width justify-end"):
-                ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat")
-                ui.button("Load", on_click=lambda: dialog.submit(True))
-        if await dialog and await act(f"loading {row['name']}", self.link.client.load_checkpoint,
-                                      row["id"]) is not FAILED:
-            ui.notify(f"checkpoint {row['name']!r} loaded", type="positive")
+                ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat").mark("cancel-load")
+                ui.button("Load", on_click=lambda: dialog.submit(True)).mark("confirm-load")
+        confirmed = await dialog
         dialog.delete()
+        if confirmed:
+            result = await act(f"loading {row['name']}", self.link.client.load_checkpoint, row["id"])
+            if result is not FAILED:
+                ui.notify(loaded_message(f"checkpoint {row['name']!r} loaded", result), type="positive")
 
     async def delete(self) -> None:
         row = self._chosen()
@@ -243,14 +279,25 @@ class CheckpointTree:
         with ui.dialog() as dialog, ui.card():
             ui.label(f"Fork a new branch from {row['name']!r} (step {row['step']:,}): training continues from its "
                      "weights, tasks and optimizer; checkpoints you save become its children.")
+            note = autosave_label(None)
             branch = ui.input("branch name", value=f"{row['name']}-fork").props('data-role="fork-name"')
+            branch.mark("fork-name")
+
+            def show_note() -> None:  # the autosave is named after the branch too
+                text = autosave_note(self.link.state, f"fork {row['name']} as {(branch.value or '').strip()}")
+                note.set_text(text or "")
+                note.set_visibility(bool(text))
+            branch.on_value_change(show_note)
+            show_note()
             with ui.row().classes("full-width justify-end"):
-                ui.button("Cancel", on_click=lambda: dialog.submit(None)).props("flat")
-                ui.button("Fork", on_click=lambda: dialog.submit(branch.value.strip()))
+                ui.button("Cancel", on_click=lambda: dialog.submit(None)).props("flat").mark("cancel-fork")
+                ui.button("Fork", on_click=lambda: dialog.submit(branch.value.strip())).mark("confirm-fork")
         name = await dialog
         dialog.delete()
-        if name and await act(f"forking {row['name']}", self.link.client.fork_checkpoint, row["id"], name) is not FAILED:
-            ui.notify(f"branch {name!r} started from {row['name']!r}", type="positive")
+        if name:
+            result = await act(f"forking {row['name']}", self.link.client.fork_checkpoint, row["id"], name)
+            if result is not FAILED:
+                ui.notify(loaded_message(f"branch {name!r} started from {row['name']!r}", result), type="positive")
 
     async def compare(self) -> None:
         ticked = sorted(self._ticked(), key=lambda r: r["created"])
@@ -339,7 +386,20 @@ class RecipesPanel:
         except ValueError as e:
             ui.notify(f"recipe parameter {e}", type="warning")
             return
-        job = await act(f"running {self.choice.value}", self.link.client.run_recipe, self.choice.value, params)
+        recipe = self.choice.value
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Run recipe {recipe!r}? It sets up its own model and tasks in the trainer and trains them; "
+                     "the checkpoints it saves join the tree.")
+            autosave_label(autosave_note(self.link.state, recipe))  # the trainer names it after the class
+            with ui.row().classes("full-width justify-end"):
+                ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat").mark("cancel-run-recipe")
+                ui.button("Run", on_click=lambda: dialog.submit(True)).props('data-role="confirm-run-recipe"').mark(
+                    "confirm-run-recipe")
+        confirmed = await dialog
+        dialog.delete()
+        if not confirmed:
+            return
+        job = await act(f"running {recipe}", self.link.client.run_recipe, recipe, params)
         if job is not FAILED:
             self.show_job(job)
 
@@ -356,6 +416,9 @@ class RecipesPanel:
                             "flat dense round size=sm").tooltip("cancel: checkpoints made so far stay")
                     elif job["finished"]:
                         ui.label(time.strftime("%H:%M:%S", time.localtime(job["finished"]))).classes("acc-note")
+                if job.get("autosaved"):
+                    ui.label(f"the live training was first saved as {job['autosaved']['name']!r}").classes(
+                        "acc-note").props('data-role="job-autosaved"')
                 if job["error"]:
                     ui.label(job["error"]).classes("text-negative text-caption acc-pre")
 
