@@ -148,6 +148,52 @@ def run(
         console.print(table)
 
 
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint id or name (`acc checkpoints` lists them).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    seeds: Annotated[int, typer.Option(min=1, max=10, help="Probe seeds (random halves) for UFR.")] = 3,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Factoring evaluation of a checkpoint, headless: UFR and its parts, traversal cleanliness (the
+    dashboard's evaluation page shows the same report with its figures)."""
+    from acc.engine.session import Session
+    from acc.eval.evaluator import FactoringConfig
+
+    with Session.open(workspace, watch=False) as session:
+        try:
+            job = session.factoring.start(checkpoint, FactoringConfig(seeds=seeds))
+        except KeyError as e:
+            console.print(f"[red]{e.args[0]}[/red]")
+            raise typer.Exit(2)
+        err = Console(stderr=True)
+        with Progress(TextColumn("[bold]eval"), BarColumn(), TextColumn("{task.description}"),
+                      console=err, transient=as_json) as progress:
+            bar = progress.add_task("", total=1.0)
+            while not job.done.wait(0.2):
+                progress.update(bar, completed=job.progress)
+            progress.update(bar, completed=1.0)
+        if job.status != "done":
+            console.print(f"[red]evaluation failed:[/red] {job.error}")
+            raise typer.Exit(1)
+        report = session.factoring.report(checkpoint)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    wide = Console(width=max(console.width, 110))  # the whole table, also into a pipe
+    table = Table("concept", "slot", "I", "tau", "L", "UFR", "traversal rho", "range", "class kept",
+                  title=f"{report['name']} (step {report['step']}): UFR {report['ufr']:.3f}")
+    for name, c in report["concepts"].items():
+        t = report["traversal"].get(name, {})
+        cells = [c["I"], c["tau"], c["L"], c["ufr"], t.get("rho"), t.get("range"), t.get("class_kept")]
+        table.add_row(name, c["slot"], *("-" if v is None else f"{v:.3f}" for v in cells))
+    wide.print(table)
+    wide.print(f"MIG {report['mig']['mig']:.3f} · DCI disentanglement {report['dci']['disentanglement']:.3f} "
+                  f"({report['dci']['importance_model']}) · slots matched by rule: {report['assignment_rule']}")
+    for line in report["parts_missing"] + report["notes"]:
+        wide.print(f"[yellow]{line}[/yellow]")
+
+
 @app.command()
 def trainer(
     host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs --token.")] = "127.0.0.1",

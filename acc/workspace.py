@@ -70,6 +70,11 @@ class Workspace:
         return [self.data_dir]
 
     @property
+    def evals_dir(self) -> Path:
+        """Factoring evaluations: the held-out sets, the fixed digit classifier, figures per checkpoint."""
+        return self.root / "evals"
+
+    @property
     def autosaves_dir(self) -> Path:
         return self.root / "autosaves"
 

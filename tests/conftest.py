@@ -36,11 +36,23 @@ def mnist_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mnist-cache")
 
 
+@pytest.fixture(scope="session")
+def evals_cache(tmp_path_factory) -> Path:
+    """The factoring evaluation's held-out sets and digit classifier, built once per test run."""
+    folder = tmp_path_factory.mktemp("evals-cache")
+    for part in ("sets", "classifier"):
+        (folder / part).mkdir()
+    return folder
+
+
 @pytest.fixture
-def workspace(tmp_path, mnist_cache) -> Workspace:
+def workspace(tmp_path, mnist_cache, evals_cache) -> Workspace:
     root = tmp_path / "ws"
     root.mkdir()
     (root / "mnist").symlink_to(mnist_cache, target_is_directory=True)  # parse the MNIST CSV once per test run
+    (root / "evals").mkdir()
+    for part in ("sets", "classifier"):  # what every workspace builds the same way, once per test run
+        (root / "evals" / part).symlink_to(evals_cache / part, target_is_directory=True)
     return Workspace.resolve(root)
 
 

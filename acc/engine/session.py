@@ -1,5 +1,5 @@
-"""Wiring: a workspace, its store, the three registries, an engine, its jobs and datasets, opened
-and closed together.
+"""Wiring: a workspace, its store, the three registries, an engine, its jobs, datasets and factoring
+evaluations, opened and closed together.
 
 Used by the CLI, the trainer service and tests, so that all of them start the same way.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acc.engine.datasets import DatasetCatalog
+from acc.engine.factoring import FactoringService
 from acc.engine.jobs import JobManager
 from acc.engine.trainer import Engine, EngineConfig
 from acc.generators.base import Generator
@@ -30,6 +31,7 @@ class Session:
     engine: Engine
     jobs: JobManager
     datasets: DatasetCatalog
+    factoring: FactoringService
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
@@ -43,7 +45,8 @@ class Session:
         for registry in registries:
             registry.start() if watch else registry.scan()
         engine, jobs = Engine(ws, store, registries[0], config, restore=restore), JobManager()
-        return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]))
+        return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]),
+                   FactoringService(ws, store, jobs, str(engine.device)))
 
     def close(self) -> None:
         for job in self.jobs.list():  # a running recipe stops at its next chunk of steps

@@ -286,6 +286,7 @@ class Engine(CheckpointCommands):
         trainer continues from; KeyError for an unknown id."""
         row = self.call("delete_checkpoint", checkpoint_id=checkpoint_id)
         shutil.rmtree(row["path"], ignore_errors=True)  # here, not on the training thread
+        shutil.rmtree(self.workspace.evals_dir / row["id"], ignore_errors=True)  # its factoring figures
         return {"id": row["id"], "name": row["name"]}
 
     def fingerprints(self) -> dict:

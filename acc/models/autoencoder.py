@@ -44,7 +44,10 @@ class ConvAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         latent = self.encoder(x)
-        return {"latent": latent, "recon": self.decoder(latent)}
+        return {"latent": latent, "recon": self.decode(latent)}
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent)
 
     def config(self) -> dict:
         return {"name": "conv_ae", "latent_dim": self.latent_dim, "channels": self.channels}

@@ -81,10 +81,14 @@ class FactorSlotAutoencoder(nn.Module):
         return {
             "latent": latent,
             "latent_isolated": isolated,
-            "recon": self.decoder(latent),
+            "recon": self.decode(latent),
             "factors": dict(zip(names, slots)),
             "attention": {name: attention[:, i].reshape(-1, 7, 7) for i, name in enumerate(names)},
         }
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """The reconstruction (logits) of a latent [B, D]: traversals decode edited latents."""
+        return self.decoder(latent)
 
     def config(self) -> dict:
         return {"name": "factor_slot", "factors": dict(self.factor_sizes),

@@ -23,7 +23,7 @@ import acc
 from acc.engine import EngineConfig
 from acc.engine.session import Session
 from acc.server.auth import TokenAuth, check_bind, redact_tokens
-from acc.server import datasets
+from acc.server import datasets, factoring
 from acc.server.routes import router
 from acc.server.stream import Broadcaster
 
@@ -64,6 +64,7 @@ def create_app(open_session: Callable[[], Session], token: str | None = None) ->
     app.state.broadcaster = broadcaster
     app.include_router(router)
     app.include_router(datasets.router)
+    app.include_router(factoring.router)
     if token:
         app.add_middleware(TokenAuth, token=token)
     return app

@@ -348,7 +348,8 @@ async def stream(request: Request, session: SessionDep) -> AsyncIterator[ServerS
     most every 200 ms), `state` ({kind, message, step, data}: status, task_added/removed/updated/
     stale, lr, checkpoint...), `eval` ({step, results}), `error` ({task, message, step}),
     `registry` (a RegistryChange), `job` (a Job, on each status or progress change) and `dataset`
-    ({name, status}: generating, ready, failed, cancelled, deleted). With a token, browsers may pass
+    ({name, status}: generating, ready, failed, cancelled, deleted) and `factoring` ({checkpoint, job,
+    status, progress, stage, error} as a factoring evaluation goes). With a token, browsers may pass
     it as `?token=`: EventSource cannot set headers."""
     broadcaster: Broadcaster = request.app.state.broadcaster
     client = broadcaster.connect()  # before reading the state, so nothing in between is missed

@@ -81,6 +81,7 @@ class Broadcaster:
             self._unsubscribe.append(registry.subscribe(self._registry_callback(registry)))
         self._unsubscribe.append(session.jobs.subscribe(lambda job: self._hand_off(("job", job.public()))))
         self._unsubscribe.append(session.datasets.subscribe(lambda change: self._hand_off(("dataset", change))))
+        self._unsubscribe.append(session.factoring.subscribe(lambda change: self._hand_off(("factoring", change))))
 
     def close(self) -> None:
         """Unsubscribe and end every client's stream; idempotent."""

@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, generator TEXT NOT NULL, params TEXT NOT NULL,
     seed INTEGER NOT NULL, n INTEGER NOT NULL, path TEXT, created REAL NOT NULL, error TEXT,
     info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS factoring (
+    checkpoint_id TEXT NOT NULL, key TEXT NOT NULL, created REAL NOT NULL, report TEXT NOT NULL,
+    PRIMARY KEY (checkpoint_id, key));
 """
 
 # A new block summary wins the min (max) when strictly lower (higher), or equal at an earlier step,
@@ -436,6 +439,7 @@ class Store:
         """Forget a checkpoint (its children keep their parent id); its files are the caller's."""
         with _transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("DELETE FROM checkpoints WHERE id = ?", (id,))
+            conn.execute("DELETE FROM factoring WHERE checkpoint_id = ?", (id,))
 
     # -- datasets ----------------------------------------------------------------------------------
 
@@ -466,6 +470,24 @@ class Store:
         """Forget a dataset's row; its file is the caller's."""
         with _transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("DELETE FROM datasets WHERE name = ?", (name,))
+
+    # -- factoring reports (M5) ----------------------------------------------------------------------
+
+    def put_factoring(self, checkpoint_id: str, key: str, report: dict) -> None:
+        """Record a checkpoint's factoring report for these settings (`key`); returns once committed."""
+        row = (checkpoint_id, key, _time.time(), _to_json(report, "factoring report"))
+        with _transaction(self._conn(), "IMMEDIATE") as conn:
+            conn.execute("INSERT OR REPLACE INTO factoring VALUES (?, ?, ?, ?)", row)
+
+    def factoring(self, checkpoint_id: str, key: str | None = None) -> dict | None:
+        """The report for these settings, or (no key) the newest report of the checkpoint; with
+        `key` and `created` added."""
+        query = "SELECT key, created, report FROM factoring WHERE checkpoint_id = ?"
+        args: tuple = (checkpoint_id,)
+        if key is not None:
+            query, args = query + " AND key = ?", (checkpoint_id, key)
+        row = self._conn().execute(query + " ORDER BY created DESC LIMIT 1", args).fetchone()
+        return {**json.loads(row[2]), "key": row[0], "created": row[1]} if row else None
 
     # -- the writer thread -------------------------------------------------------------------------
 

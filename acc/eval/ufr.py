@@ -1,0 +1,531 @@
+"""UFR, the concept x context transfer score of a latent code (DESIGN §7), on numpy arrays only.
+
+`ufr_report(codes, slots, concepts, contexts)` asks, for each known concept `c` (thickness, slant,
+digit class, ...) and its assigned latent group `S(c)`:
+
+- is `c` readable from `S(c)` at all (`I`, informativeness),
+- does a probe fitted in one context still read it in another (`tau`, transfer), and
+- is it in `S(c)` only, not also in some other single slot (`L`, locality),
+
+and combines them as `UFR_c = (I * tau * L) ** (1/3)`, `UFR` = the mean over concepts.
+
+Probe. A linear ridge, refitted for every (context, seed): on `z[S(c)]` standardised on the
+fitting data (each dimension to mean 0, sd 1; a dimension constant there gets weight 0), with an
+intercept, minimising `mean squared error + RIDGE_ALPHA * |w|^2` (`RIDGE_ALPHA` = 1e-3, a
+per-sample penalty: negligible for hundreds of samples, it only keeps near-singular fits stable).
+A continuous concept is regressed directly and scored `clip(R^2, 0, 1)` (R^2 against the scored
+samples' own mean); a class concept is regressed onto its one-hot code, the prediction is the
+argmax, and the score is the chance-corrected balanced accuracy `(bacc - 1/m)/(1 - 1/m)` clipped
+at 0, `m` being the number of classes present among the scored samples (a scored set with fewer
+than two classes has no score).
+
+Held-out. Seed `s` (0 .. seeds-1) draws a random half of all N samples with
+`numpy.random.default_rng(s)`: the probe is fitted on that half and scored on the other, so even
+the diagonal `P[A, A]` is out of sample. `P_c[A, B]` = fit on `A` and the fit half, score on `B`
+and the score half, averaged over the seeds. Only pairs of contexts within one family are defined
+(`None` elsewhere in `P`). A context with fewer than `MIN_GROUP` (10) samples in either half of any
+seed is left out, with a note.
+
+Information. `L` needs an information scale, where saturating R^2 or accuracy do not hide a leak:
+`info = -1/2 log(1 - R^2)` nats (held-out R^2, clipped to [0, 1 - 1e-6]) for a continuous concept,
+and `log m - cross-entropy` nats for a class concept (clipped at 0), where the class
+probabilities are a softmax over the same ridge's one-hot scores times one temperature factor
+`beta`, fitted by maximum likelihood on the fit half (scores on the held-out half). The slot x
+concept information matrix (`slot_info`) has it for every single slot and concept: fit on the whole
+fit half, scored on the score half, averaged over the seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+try:  # ships with scikit-learn; the probes are many small products, fastest on one BLAS thread
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+RIDGE_ALPHA = 1e-3  # per-sample ridge penalty on standardised features
+MIN_GROUP = 10  # fewest samples of a context in the fit half and in the score half
+R2_MAX = 1 - 1e-6  # R^2 is clipped here before -1/2 log(1 - R^2)
+BETA_MAX = 1e3  # the softmax temperature factor of a class probe stays below this
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A known factor of the data: `values` [N], float for "continuous", class labels 0..m-1 for "class"."""
+
+    name: str
+    values: np.ndarray
+    kind: Literal["continuous", "class"]
+
+
+@dataclass(frozen=True)
+class ContextFamily:
+    """A partition (or part of one) of the samples: group name -> bool mask [N]; groups are disjoint."""
+
+    name: str
+    groups: dict[str, np.ndarray]
+
+
+@dataclass
+class _Target:
+    """A concept prepared for the probes."""
+
+    name: str
+    kind: str
+    Y: np.ndarray  # [N, k]: the standardised value (k = 1), or the one-hot code (k = m)
+    labels: np.ndarray | None  # [N] int for a class concept
+    m: int  # classes (1 for continuous)
+
+
+# ---- validation --------------------------------------------------------------------------------
+def check_codes(codes, least: int) -> np.ndarray:
+    """Codes [N, D] as float64, or a ValueError saying what is wrong (also used by `literature`)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] < 1:
+        raise ValueError(f"codes must be a 2-d array [N, D], got shape {codes.shape}")
+    if not np.issubdtype(codes.dtype, np.number) or np.issubdtype(codes.dtype, np.complexfloating):
+        raise ValueError(f"codes must be real numbers, got dtype {codes.dtype}")
+    codes = codes.astype(np.float64)
+    if codes.shape[0] < least:
+        raise ValueError(f"codes has {codes.shape[0]} samples; at least {least} are needed")
+    if not np.isfinite(codes).all():
+        raise ValueError("codes contain NaN or infinite values")
+    return codes
+
+
+def check_concepts(concepts: list[Concept], n: int) -> list[str]:
+    """The concepts' names, or a ValueError saying what is wrong (also used by `literature`)."""
+    if not concepts:
+        raise ValueError("concepts is empty")
+    names = [c.name for c in concepts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"concept names must be unique, got {names}")
+    for c in concepts:
+        values = np.asarray(c.values)
+        if values.shape != (n,):
+            raise ValueError(f"concept {c.name!r} has values of shape {values.shape}; codes have {n} samples")
+        if c.kind == "continuous":
+            if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values.astype(np.float64)).all():
+                raise ValueError(f"concept {c.name!r}: continuous values must be finite numbers")
+        elif c.kind == "class":
+            if not np.issubdtype(values.dtype, np.number):
+                raise ValueError(f"concept {c.name!r}: class labels must be integers 0..m-1")
+            fv = values.astype(np.float64)
+            if not np.isfinite(fv).all() or (fv != np.round(fv)).any() or fv.min() < 0:
+                raise ValueError(f"concept {c.name!r}: class labels must be integers 0..m-1")
+            if len(np.unique(fv)) < 2:
+                raise ValueError(f"concept {c.name!r} has a single class; it needs at least two")
+        else:
+            raise ValueError(f"concept {c.name!r}: kind must be 'continuous' or 'class', got {c.kind!r}")
+    return names
+
+
+def _check_inputs(codes, slots, concepts, contexts, assignment, seeds):
+    codes = check_codes(codes, 4 * MIN_GROUP)
+    n, dim = codes.shape
+    if not isinstance(seeds, (int, np.integer)) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+
+    if not slots:
+        raise ValueError("slots is empty: name at least one latent group")
+    for name, s in slots.items():
+        if name == "all":
+            raise ValueError('slots must not contain "all": give the named latent groups only')
+        if not isinstance(s, slice) or s.step not in (None, 1):
+            raise ValueError(f"slot {name!r} must be a contiguous slice, got {s!r}")
+        start, stop, _ = s.indices(dim)
+        if (s.start is not None and not 0 <= s.start < dim) or (s.stop is not None and not 0 < s.stop <= dim) \
+                or stop <= start:
+            raise ValueError(f"slot {name!r} = {s!r} is empty or outside the code's {dim} dimensions")
+    names = check_concepts(concepts, n)
+
+    unknown = sorted(set(contexts or {}) - set(names))
+    if unknown:
+        raise ValueError(f"contexts name concepts that are not given: {unknown}")
+    for cname, families in (contexts or {}).items():
+        for family in families:
+            total = np.zeros(n, dtype=np.int64)
+            for gname, mask in family.groups.items():
+                mask = np.asarray(mask)
+                if mask.shape != (n,) or mask.dtype != np.bool_:
+                    raise ValueError(f"context {family.name!r} group {gname!r} (concept {cname!r}) must be a "
+                                     f"bool mask of shape ({n},), got {mask.dtype} {mask.shape}")
+                total += mask
+            if (total > 1).any():
+                raise ValueError(f"context family {family.name!r} (concept {cname!r}) has overlapping groups")
+
+    if assignment is not None:
+        missing = [c for c in names if c not in assignment]
+        extra = sorted(set(assignment) - set(names))
+        if missing or extra:
+            raise ValueError(f"assignment must name a slot for exactly the given concepts: "
+                             f"missing {missing}, unknown {extra}")
+        bad = {c: s for c, s in assignment.items() if s not in slots}
+        if bad:
+            raise ValueError(f"assignment names unknown slots {bad}; slots are {list(slots)}")
+    elif len(slots) < len(concepts):
+        raise ValueError(f"{len(concepts)} concepts but only {len(slots)} slots: the Hungarian match needs "
+                         f"at least one slot per concept (or give an assignment)")
+    return codes
+
+
+def _prepare(concepts: list[Concept]) -> list[_Target]:
+    out = []
+    for c in concepts:
+        values = np.asarray(c.values)
+        if c.kind == "continuous":
+            v = values.astype(np.float64)
+            sd = v.std()
+            y = (v - v.mean()) / (sd if sd > 0 else 1.0)
+            out.append(_Target(c.name, c.kind, y[:, None], None, 1))
+        else:
+            labels = values.astype(np.int64)
+            m = int(labels.max()) + 1
+            out.append(_Target(c.name, c.kind, np.eye(m)[labels], labels, m))
+    return out
+
+
+def _standardise_globally(codes: np.ndarray) -> np.ndarray:
+    """Per-dimension z-score of the whole code. The probes standardise on their fitting data anyway,
+    so this changes no result; it only keeps the sufficient statistics well conditioned."""
+    sd = codes.std(axis=0)
+    return (codes - codes.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+# ---- the probe ---------------------------------------------------------------------------------
+def _ridge(X: np.ndarray, Y: np.ndarray, fits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge fits of Y [N, k] on X [N, d], one per index array in `fits`.
+
+    Each fit standardises X on its own samples. Returns weights [K, d, k] and intercepts [K, k] in
+    the units of X, so that `X @ w[j] + b[j]` is fit j's prediction for every sample."""
+    d = X.shape[1]
+    A = np.concatenate([np.ones((X.shape[0], 1)), X, Y], axis=1)  # [N, p]
+    M = np.stack([A[idx].T @ A[idx] for idx in fits])  # sufficient statistics [K, p, p]
+    cnt = np.maximum(M[:, 0, 0], 1.0)
+    mx = M[:, 0, 1:1 + d] / cnt[:, None]
+    my = M[:, 0, 1 + d:] / cnt[:, None]
+    cxx = M[:, 1:1 + d, 1:1 + d] / cnt[:, None, None] - mx[:, :, None] * mx[:, None, :]
+    cxy = M[:, 1:1 + d, 1 + d:] / cnt[:, None, None] - mx[:, :, None] * my[:, None, :]
+    var = np.einsum("kii->ki", cxx)
+    inv_sd = np.where(var > 1e-12, 1.0 / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # [K, d]
+    cs = cxx * inv_sd[:, :, None] * inv_sd[:, None, :] + RIDGE_ALPHA * np.eye(d)[None]
+    beta = np.linalg.solve(cs, cxy * inv_sd[:, :, None])  # [K, d, k] on the standardised scale
+    w = beta * inv_sd[:, :, None]
+    b = my - np.einsum("kd,kdj->kj", mx, w)
+    return w, b
+
+
+def _predict(X: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, K, k] predictions of the K fits for all samples."""
+    K, d, k = w.shape
+    return (X @ w.transpose(1, 0, 2).reshape(d, K * k)).reshape(-1, K, k) + b[None]
+
+
+def _r2(y: np.ndarray, pred: np.ndarray, scored: list[np.ndarray]) -> np.ndarray:
+    """R^2 [K_fit, K_score] of predictions pred [N, K_fit], each scored on each index array."""
+    err = (y[:, None] - pred) ** 2
+    out = np.full((pred.shape[1], len(scored)), np.nan)
+    for j, idx in enumerate(scored):
+        yb = y[idx]
+        sst = ((yb - yb.mean()) ** 2).sum() if len(idx) else 0.0
+        if sst > _EPS:
+            out[:, j] = 1.0 - err[idx].sum(axis=0) / sst
+    return out
+
+
+def _chance_bacc(labels: np.ndarray, onehot: np.ndarray, scores: np.ndarray, scored: list[np.ndarray]) -> np.ndarray:
+    """Chance-corrected balanced accuracy [K_fit, K_score] of argmax(scores) [N, K_fit, m]."""
+    correct = (scores.argmax(axis=2) == labels[:, None]).astype(np.float64)  # [N, Kf]
+    out = np.full((scores.shape[1], len(scored)), np.nan)
+    for j, idx in enumerate(scored):
+        totals = onehot[idx].sum(axis=0)  # [m]
+        present = totals > 0
+        m_b = int(present.sum())  # classes present in the scored set
+        if m_b < 2:
+            continue
+        recall = (correct[idx].T @ onehot[idx])[:, present] / totals[present]  # [Kf, m_b]
+        chance = 1.0 / m_b
+        out[:, j] = np.maximum((recall.mean(axis=1) - chance) / (1.0 - chance), 0.0)
+    return out
+
+
+def _scores(t: _Target, X: np.ndarray, fits: list[np.ndarray], scored: list[np.ndarray]) -> np.ndarray:
+    """P-style scores [K_fit, K_score]: probes fitted on each of `fits`, scored on each of `scored`."""
+    w, b = _ridge(X, t.Y, fits)
+    pred = _predict(X, w, b)
+    if t.kind == "continuous":
+        return np.clip(_r2(t.Y[:, 0], pred[:, :, 0], scored), 0.0, 1.0)
+    return _chance_bacc(t.labels, t.Y, pred, scored)
+
+
+# ---- information -------------------------------------------------------------------------------
+def _info_r2(r2: float) -> float:
+    return -0.5 * math.log(1.0 - min(max(r2, 0.0), R2_MAX))
+
+
+def _softmax_beta(s: np.ndarray, labels: np.ndarray) -> float:
+    """Maximum-likelihood temperature factor beta >= 0 of softmax(beta * s); CE is convex in beta.
+
+    Safeguarded Newton on the derivative (bisection inside a shrinking bracket [0, BETA_MAX])."""
+    s_true = s[np.arange(len(s)), labels]
+
+    def grad_hess(beta: float) -> tuple[float, float]:
+        z = beta * s
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        mean_s = (p * s).sum(axis=1)
+        var_s = (p * s * s).sum(axis=1) - mean_s ** 2
+        return float((mean_s - s_true).mean()), float(var_s.mean())
+
+    lo, hi = 0.0, BETA_MAX
+    g, h = grad_hess(hi)
+    if g <= 0:  # still improving at the cap
+        return hi
+    beta = 1.0
+    for _ in range(60):
+        g, h = grad_hess(beta)
+        if abs(g) < 1e-9:
+            break
+        if g < 0:
+            lo = beta
+        else:
+            hi = beta
+        step = beta - g / h if h > _EPS else np.nan
+        beta = step if lo < step < hi else 0.5 * (lo + hi)
+        if hi - lo < 1e-6 * max(1.0, hi):
+            break
+    return beta
+
+
+def _info_class(scores_fit, labels_fit, scores_test, labels_test, m: int) -> float:
+    beta = _softmax_beta(scores_fit, labels_fit)
+    z = beta * scores_test
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    ce = -float(logp[np.arange(len(labels_test)), labels_test].mean())
+    return max(math.log(m) - ce, 0.0)
+
+
+def _heldout_info(X: np.ndarray, targets: list[_Target], halves: np.ndarray,
+                  reduce_to: int | None = None) -> np.ndarray:
+    """Information [len(targets)] of one group of dimensions X [N, d] about each target: fit on
+    each seed's fit half, score on its other half, mean over seeds. With `reduce_to`, X is first
+    projected onto its top principal components (fitted on the fit half)."""
+    Y = np.concatenate([t.Y for t in targets], axis=1)
+    cols = np.cumsum([0] + [t.Y.shape[1] for t in targets])
+    total = np.zeros(len(targets))
+    for fit in halves:
+        Xs = X
+        if reduce_to is not None and reduce_to < X.shape[1]:
+            centred = X[fit] - X[fit].mean(axis=0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            Xs = X @ vt[:reduce_to].T
+        w, b = _ridge(Xs, Y, [np.flatnonzero(fit)])
+        pred = _predict(Xs, w, b)[:, 0]
+        test = ~fit
+        for i, t in enumerate(targets):
+            p = pred[:, cols[i]:cols[i + 1]]
+            if t.kind == "continuous":
+                y = t.Y[:, 0]
+                sst = ((y[test] - y[test].mean()) ** 2).sum()
+                r2 = 1.0 - ((y[test] - p[test, 0]) ** 2).sum() / sst if sst > _EPS else 0.0
+                total[i] += _info_r2(r2)
+            else:
+                total[i] += _info_class(p[fit], t.labels[fit], p[test], t.labels[test], t.m)
+    return total / len(halves)
+
+
+# ---- the report --------------------------------------------------------------------------------
+def _halves(n: int, seeds: int) -> np.ndarray:
+    """[seeds, N] bool: True = in seed s's fit half (the first N//2 of a permutation from seed s)."""
+    out = np.zeros((seeds, n), dtype=bool)
+    for s in range(seeds):
+        out[s, np.random.default_rng(s).permutation(n)[: n // 2]] = True
+    return out
+
+
+def _f(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def ufr_report(codes: np.ndarray, slots: dict[str, slice], concepts: list[Concept],
+               contexts: dict[str, list[ContextFamily]], assignment: dict[str, str] | None = None,
+               seeds: int = 3) -> dict:
+    """UFR of `codes` [N, D] for `concepts` on the named latent groups `slots` (DESIGN §7).
+
+    `contexts[c]`: the context families that apply to concept `c` (none that partition by `c`);
+    a concept without any gets no transfer score. `assignment`: concept -> slot; None = the best
+    one-to-one match (Hungarian, on the slot x concept information matrix with each concept's
+    column divided by its largest entry, so that concepts on different information scales weigh
+    alike), and `assignment_rule` says which was used. Probes, halves and scales: the module doc.
+
+    Per concept: `I` = mean of the diagonal of `P`; `tau` = mean over ordered pairs A != B of one
+    family of `min(1, P[A, B] / P[B, B])`, where a pair whose `P[B, B]` is 0 (nothing to transfer
+    to: the concept cannot even be read inside `B`) is left out of the mean, and `tau` = 0 if that
+    leaves no pair (there was no context in which the concept could be read); `tau` is None when
+    no family has two usable contexts. `L = clip(1 - info(best other single slot) / info(S(c)),
+    0, 1)`, and 0 when `info(S(c))` is 0. One slot is compared against one: where another slot has
+    more dimensions than `S(c)`, it is first reduced to its top `|S(c)|` principal components (PCA
+    on each seed's fit half), so that size alone cannot win; a smaller one is used whole.
+    `UFR_c = (I * tau * L) ** (1/3)` (None when tau is None); `ufr` = the mean over concepts that
+    have one (None if none). Deterministic: seed s uses `numpy.random.default_rng(s)`.
+
+    Returns a JSON-able dict: {"ufr", "assignment_rule", "concepts": {name: {"slot", "kind", "I",
+    "tau", "L", "ufr", "contexts", "context_families", "P", "info": {"own", "best_other",
+    "best_other_slot"}}}, "slot_info": {"slots", "concepts", "values"}, "probe", "notes"}.
+    Raises ValueError on inconsistent input (lengths, slots, masks, assignment).
+    """
+    limit = threadpool_limits(1, user_api="blas") if threadpool_limits else nullcontext()
+    with limit:
+        return _ufr_report(codes, slots, concepts, contexts, assignment, seeds)
+
+
+def _ufr_report(codes, slots, concepts, contexts, assignment, seeds) -> dict:
+    contexts = contexts or {}
+    codes = _check_inputs(codes, slots, concepts, contexts, assignment, seeds)
+    n = codes.shape[0]
+    X_all = _standardise_globally(codes)
+    targets = _prepare(concepts)
+    halves = _halves(n, seeds)
+    notes: list[str] = []
+    slot_names = list(slots)
+
+    # The slot x concept information matrix, every slot at its own size.
+    info = np.stack([_heldout_info(X_all[:, slots[s]], targets, halves) for s in slot_names])  # [S, C]
+
+    if assignment is None:
+        rule = "hungarian"
+        top = info.max(axis=0)
+        gain = np.where(top > 0, info / np.where(top > 0, top, 1.0), 0.0)
+        rows, cols = linear_sum_assignment(gain, maximize=True)
+        chosen = {targets[c].name: slot_names[r] for r, c in zip(rows, cols)}
+        notes.append("slots assigned by the Hungarian rule on slot_info (each concept's column divided by its "
+                     "largest entry): " + ", ".join(f"{c} -> {s}" for c, s in chosen.items()))
+    else:
+        rule = "given"
+        chosen = dict(assignment)
+
+    sizes = {s: slots[s].indices(codes.shape[1])[1] - slots[s].indices(codes.shape[1])[0] for s in slot_names}
+    if len(set(sizes.values())) > 1:
+        notes.append("slot sizes differ: for L, a slot larger than the concept's own is reduced to as many "
+                     "principal components as the own slot has dimensions")
+
+    report_concepts = {}
+    for ci, t in enumerate(targets):
+        own = chosen[t.name]
+        X = X_all[:, slots[own]]
+        P, names, fams = _transfer_matrix(t, X, contexts.get(t.name, []), halves, notes)
+        diag = [P[i][i] for i in range(len(names)) if P[i][i] is not None]
+        I = float(np.mean(diag)) if diag else 0.0
+        tau = _transfer(P, fams, t.name, notes)
+
+        own_info = float(info[slot_names.index(own), ci])
+        best, best_slot = 0.0, None
+        for s in slot_names:
+            if s == own:
+                continue
+            if sizes[s] > sizes[own]:
+                value = float(_heldout_info(X_all[:, slots[s]], [t], halves, reduce_to=sizes[own])[0])
+            else:
+                value = float(info[slot_names.index(s), ci])
+            if best_slot is None or value > best:
+                best, best_slot = value, s
+        if best_slot is None:
+            notes.append(f"{t.name}: no other slot to compare with; L = 1")
+            L = 1.0
+        elif own_info <= 0:
+            L = 0.0
+        else:
+            L = float(np.clip(1.0 - best / own_info, 0.0, 1.0))
+
+        ufr_c = None if tau is None else float((I * tau * L) ** (1.0 / 3.0))
+        report_concepts[t.name] = {
+            "slot": own, "kind": t.kind, "I": I, "tau": tau, "L": L, "ufr": ufr_c,
+            "contexts": names, "context_families": fams, "P": P,
+            "info": {"own": own_info, "best_other": float(best) if best_slot else None, "best_other_slot": best_slot},
+        }
+
+    values = [c["ufr"] for c in report_concepts.values() if c["ufr"] is not None]
+    return {
+        "ufr": float(np.mean(values)) if values else None,
+        "assignment_rule": rule,
+        "concepts": report_concepts,
+        "slot_info": {"slots": slot_names, "concepts": [t.name for t in targets],
+                      "values": [[float(v) for v in row] for row in info]},
+        "probe": {"model": "ridge (one-hot for classes), standardised on the fit data", "alpha": RIDGE_ALPHA,
+                  "seeds": int(seeds), "min_group": MIN_GROUP,
+                  "score": {"continuous": "clip(R2, 0, 1)", "class": "chance-corrected balanced accuracy"},
+                  "info": {"continuous": "-1/2 log(1 - R2)",
+                           "class": "log m - cross-entropy of softmax(beta * ridge scores)"}},
+        "notes": notes,
+    }
+
+
+def _transfer_matrix(t: _Target, X: np.ndarray, families: list[ContextFamily], halves: np.ndarray,
+                     notes: list[str]) -> tuple[list[list[float | None]], list[str], list[str | None]]:
+    """P [K, K] as nested lists (None off the family blocks), the context names and their families.
+
+    Contexts in the order given: families, then groups within a family. Without any usable context,
+    the one pseudo-context "all" (family None): fit on the fit half, score on the score half."""
+    masks, names, fams = [], [], []
+    for family in families:
+        for gname, mask in family.groups.items():
+            mask = np.asarray(mask, dtype=bool)
+            small = min(int((mask & halves).sum(axis=1).min()), int((mask & ~halves).sum(axis=1).min()))
+            if small < MIN_GROUP:
+                notes.append(f"{t.name}: context {family.name}: {gname} left out ({small} samples in a half; "
+                             f"fewer than {MIN_GROUP})")
+                continue
+            masks.append(mask)
+            names.append(f"{family.name}: {gname}")
+            fams.append(family.name)
+    if not masks:
+        notes.append(f"{t.name}: no usable context; I is the held-out score on all samples, tau is not measured")
+        masks, names, fams = [np.ones(X.shape[0], dtype=bool)], ["all"], [None]
+    G = np.stack(masks)  # [K, N]
+    total = np.zeros((len(masks), len(masks)))
+    count = np.zeros_like(total)
+    for fit in halves:
+        s = _scores(t, X, [np.flatnonzero(g & fit) for g in G], [np.flatnonzero(g & ~fit) for g in G])
+        ok = np.isfinite(s)
+        total += np.where(ok, s, 0.0)
+        count += ok
+    fam_arr = np.asarray(fams, dtype=object)
+    same = fam_arr[:, None] == fam_arr[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where((count > 0) & same, total / np.maximum(count, 1), np.nan)
+    P = [[_f(v) for v in row] for row in mean]
+    return P, names, fams
+
+
+def _transfer(P: list[list[float | None]], fams: list[str | None], name: str, notes: list[str]) -> float | None:
+    """tau from P (see ufr_report); fams[i] is context i's family (None: the pseudo-context "all")."""
+    ratios, pairs = [], 0
+    for a in range(len(fams)):
+        for b in range(len(fams)):
+            if a == b or fams[a] != fams[b] or fams[a] is None:
+                continue
+            pairs += 1
+            pab, pbb = P[a][b], P[b][b]
+            if pab is None or pbb is None or pbb <= _EPS:
+                continue
+            ratios.append(min(1.0, pab / pbb))
+    if pairs == 0:
+        notes.append(f"{name}: no context family with two usable contexts; tau and UFR are not measured")
+        return None
+    if not ratios:
+        notes.append(f"{name}: the concept cannot be read in any context; tau = 0")
+        return 0.0
+    if len(ratios) < pairs:
+        notes.append(f"{name}: {pairs - len(ratios)} of {pairs} context pairs left out of tau "
+                     f"(no score in the target context)")
+    return float(np.mean(ratios))
