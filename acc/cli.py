@@ -125,7 +125,7 @@ def run(
         params = parse_options(param or [], "--param")
         try:  # a wrong name or parameter is the caller's mistake (exit 2), found before anything runs
             name = find_recipe(session.recipes, recipe).__name__
-            session.recipes.get(name).Params(**params)
+            session.recipes.get(name).Params.model_validate(params, strict=True)
         except KeyError as e:
             console.print(f"[red]{e.args[0]}[/red]")
             raise typer.Exit(2)
@@ -211,6 +211,7 @@ def trainer(
         min=0, help="Seconds a task's loss may take per step before it is flagged slow.")] = 1.0,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start a new run instead of continuing the last one from its latest autosave.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of model initialisation, batches and recipes.")] = 0,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store.
@@ -224,8 +225,9 @@ def trainer(
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
-    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, device=device, eval_every=eval_every,
-                          autosave_every_s=autosave_every, autosave_keep=autosave_keep, slow_task_s=slow_task)
+    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                          eval_every=eval_every, autosave_every_s=autosave_every, autosave_keep=autosave_keep,
+                          slow_task_s=slow_task)
     serve(host=host, port=port, workspace=workspace, token=token, config=config, restore=not fresh)
 
 

@@ -263,7 +263,7 @@ def start_recipe_job(jobs: JobManager, engine: Engine, recipes: Registry, name: 
     Training that no checkpoint holds is first saved as "autosave before <recipe>" (`job.autosaved`)."""
     cls = find_recipe(recipes, name)
     try:
-        cls.Params(**(params or {}))
+        cls.Params.model_validate(params or {}, strict=True)
     except ValidationError as e:
         raise ValueError(f"invalid parameters for recipe {cls.__name__}: {e}") from None
 

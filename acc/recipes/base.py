@@ -27,7 +27,7 @@ class Recipe:
         model_config = ConfigDict(extra="forbid")
 
     def __init__(self, **params: Any) -> None:
-        self.params = self.Params(**params)
+        self.params = self.Params.model_validate(params, strict=True)  # `true` is no number
 
     def run(self, r: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement run(r)")

@@ -81,7 +81,7 @@ class Task:
         if self.isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
         try:
-            self.params = self.Params(**params)
+            self.params = self.Params.model_validate(params, strict=True)  # `true` is no number
         except ValidationError as e:
             raise ValueError(f"invalid parameters for {type(self).__name__}: {e}") from None
         for key, value in self.params:
