@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from acc.engine.checkpoint import CheckpointData, new_checkpoint_id, read_checkpoint, write_checkpoint
 from acc.engine.runs import OPEN
+from acc.engine.task_commands import ActiveTask
 from acc.models import build_model
 
-if TYPE_CHECKING:
-    from acc.engine.trainer import ActiveTask
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +163,6 @@ class CheckpointCommands:
 
     def _build_from(self, data: CheckpointData) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
         """Model, optimizer and tasks from a checkpoint, built beside the live ones (which stay)."""
-        from acc.engine.trainer import ActiveTask  # the mixin's own class module imports this one
-
         meta = data.meta
         model = self._prepare_model(build_model(meta["model"]))
         model.load_state_dict(data.model_state())
@@ -191,7 +188,7 @@ class CheckpointCommands:
                     k: v if v.dim() == 0 else v.to(self.device) for k, v in state.items()}
         return model, optimizer, tasks
 
-    def _install(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tasks: dict[str, "ActiveTask"],
+    def _install(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tasks: dict[str, ActiveTask],
                  step: int, parent: str | None) -> None:
         self._finish_run()
         with self._lock:
