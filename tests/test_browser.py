@@ -271,7 +271,7 @@ def test_running_smoke_from_the_dashboard_grows_the_checkpoint_tree(dashboard, p
     expect(tree).to_be_visible(timeout=WAIT_MS)
     page.locator('[data-role="recipe-choice"]').click()
     page.get_by_role("option", name="Smoke", exact=True).click()
-    page.get_by_role("button", name="Run").click()
+    page.get_by_role("button", name="Run", exact=True).click()  # not "Run Eval"
     page.locator('[data-role="confirm-run-recipe"]').click()  # asked first
     job = page.locator('[data-job]').first
     expect(job.locator('[data-role="job-status"]')).to_have_text("done", timeout=120_000)

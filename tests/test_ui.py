@@ -264,8 +264,9 @@ async def test_a_recipe_runs_with_its_form_and_its_branches_compare_as_curves(wo
         user.find(marker="checkpoint-tree").trigger("update:ticked", [nodes["slow"]["id"], nodes["fast"]["id"]])
         compare = user.find(marker="compare")
         assert next(iter(compare.elements)).enabled
-        compare.click()
+        compare.click()  # the comparison page of the two
         await user.should_see(marker="compare:loss/reconstruction_task", retries=100)
+        assert user.back_history[-1] == f"/compare?a={nodes['slow']['id']}&b={nodes['fast']['id']}"
         chart = user.find(marker="compare:loss/reconstruction_task").elements.pop()
         lines = [s for s in chart.options["series"] if s.get("name")]
         assert [s["name"] for s in lines] == ["slow", "fast"]
@@ -273,6 +274,9 @@ async def test_a_recipe_runs_with_its_form_and_its_branches_compare_as_curves(wo
         assert lines[-1]["markLine"]["data"] == [{"xAxis": 7}]  # the fork, at the base's step
 
         # Delete a leaf from the tree: asked for, then gone from the trainer and the tree.
+        await user.open("/")
+        tree = user.find(marker="checkpoint-tree").elements.pop()  # the new page's
+        await eventually(lambda: node_flags() == {"base": False, "slow": False, "fast": True})
         user.find(marker="checkpoint-tree").trigger("update:selected", nodes["slow"]["id"])
         assert next(iter(user.find(marker="delete-checkpoint").elements)).enabled
         user.find(marker="delete-checkpoint").click()

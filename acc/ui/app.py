@@ -1,10 +1,16 @@
-"""The dashboard page, and `run_dashboard`, which serves it (`acc ui`, `acc up`).
+"""The dashboard's pages, the training page, and `run_dashboard`, which serves them (`acc ui`, `acc up`).
 
-One `Link` per process reads the trainer's events; every open page is a `Dashboard` that pulls
+`dashboard_page` routes every path to its page (full page loads, so each URL can be bookmarked):
+`/` training (`Dashboard`, below), `/checkpoints` the checkpoint tree (`acc.ui.pages`),
+`/checkpoints/<id>/eval` a checkpoint's factoring evaluation (`acc.ui.eval_page`) and
+`/compare?a=<id>&b=<id>` two checkpoints side by side (`acc.ui.compare_page`); the header links
+them. Each open page reads the process's one `Link` on its own timer, as the training page does.
+
+One `Link` per process reads the trainer's events; every open training page is a `Dashboard` that pulls
 what is new from the link four times a second (`tick`) and applies it as one batch: metric points
 to the charts, state to the status bar and task rows, evaluations to the metrics table, registry
 changes to the [+ Task] and [+ Dataset] dialogs, the recipes and the errors panel, jobs to the
-recipes and the datasets, checkpoint events to the checkpoint tree. After a (re)connection, or when
+recipes and the datasets, checkpoint and factoring events to the checkpoint tree. After a (re)connection, or when
 the trainer starts a new run, the page fetches everything again from the API, so what it shows
 always comes from the trainer's store, across page reloads and trainer restarts (earlier runs: the
 run picker above the curves).
@@ -18,14 +24,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
+
 from nicegui import app, background_tasks, ui
 
 from acc.server.auth import check_bind
 from acc.ui.actions import fetch
 from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory, register_routes
+from acc.ui.compare_page import ComparePage
 from acc.ui.datasets import DatasetsPanel
+from acc.ui.eval_page import EvalPage
+from acc.ui.factoring import FigureRoute
 from acc.ui.link import Link, metric_points
 from acc.ui.login import install_login, session_middleware_kwargs, storage_secret
+from acc.ui.pages import CHECKPOINT_EVENTS, STYLE, TICK_S, CheckpointsPage, NotFoundPage
 from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
 from acc.ui.status import Banner, StatusBar
 from acc.ui.tasks_panel import TasksPanel
@@ -33,35 +45,11 @@ from acc.ui.tree import CheckpointTree, RecipesPanel
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.25  # how often a page applies new events: a new step shows in well under a second
 RECON_EVERY_S = 10.0
-CHECKPOINT_EVENTS = {"checkpoint", "checkpoint_loaded", "checkpoint_deleted"}  # a fork is a load into a new branch
-
-# The page's own few styles; everything else is Quasar's classes. NiceGUI's Tailwind is off: its
-# in-browser compiler costs a noticeable part of the first draw.
-STYLE = """
-.acc-layout { gap: 1rem; padding: 0 .5rem; }
-.acc-main { flex: 1 1 0; min-width: 0; }
-.acc-side { width: 30rem; flex-shrink: 0; gap: 1rem; }
-.acc-grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: .5rem; width: 100%; }
-.acc-chart { width: 100%; height: 13rem; overflow: hidden; }
-.acc-chart .u-title { font-size: 12px; font-weight: normal; height: auto; line-height: 1.5; }
-.acc-chart .u-legend { font-size: 11px; }
-.acc-title { font-size: 1.1rem; font-weight: 500; }
-.acc-note { font-size: .75rem; color: #757575; }
-.acc-num { font-variant-numeric: tabular-nums; }
-.acc-mono { font-family: monospace; }
-.acc-pre { white-space: pre-wrap; }
-.acc-gap-0 { gap: 0; }
-.acc-gap-xs { gap: .25rem; }
-.acc-gap-sm { gap: .5rem; }
-@media (max-width: 1023px) { .acc-layout { flex-wrap: wrap; } .acc-side { width: 100%; } }
-@media (max-width: 767px) { .acc-grid { grid-template-columns: minmax(0, 1fr); } }
-"""
 
 
 class Dashboard:
-    """One open page."""
+    """One open training page (`/`)."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -167,7 +155,7 @@ class Dashboard:
         generation, self.cursor = self.link.generation, self.link.cursor  # events after this apply on top
         try:
             self._show_state()
-            await asyncio.gather(self.charts.load(), self.evals.load(), self.checkpoints.refresh(),
+            await asyncio.gather(self.charts.load(), self.evals.load(), self.checkpoints.load_all(),
                                  self.recipes.load(), self.datasets.load(), self._refresh_runs(),
                                  self.recon.refresh(), *map(self._refresh_registry, REGISTRY_KINDS))
         except Exception:  # never let one bad answer take the page down; try again shortly
@@ -192,6 +180,8 @@ class Dashboard:
                 background_tasks.create(self.recon.refresh(), name="acc-recon")
             elif kind == "state" and data.get("kind") in CHECKPOINT_EVENTS:
                 background_tasks.create(self.checkpoints.refresh(), name="acc-checkpoints")
+            elif kind == "factoring":
+                background_tasks.create(self.checkpoints.show_factoring(data), name="acc-factoring")
             elif kind == "registry":
                 background_tasks.create(self._refresh_registry(data["kind"]), name="acc-registry")
             elif kind == "job":
@@ -232,12 +222,40 @@ class Dashboard:
             self.recipes.set_registry(listing)
 
 
-def dashboard_page(link: Link) -> Callable[[], None]:
-    """The root page function for `ui.run`: a new `Dashboard` per visit."""
-    register_routes()
+def route(path: str) -> tuple[str, dict[str, str]]:
+    """Which page a path is, with its arguments: ("training" | "checkpoints" | "eval" | "compare" |
+    "missing", {...})."""
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return "training", {}
+    if parts == ["checkpoints"]:
+        return "checkpoints", {}
+    if len(parts) == 3 and parts[0] == "checkpoints" and parts[2] == "eval":
+        return "eval", {"checkpoint": parts[1]}
+    if parts == ["compare"]:
+        return "compare", {}
+    return "missing", {}
 
-    def page() -> None:
-        Dashboard(link)
+
+def dashboard_page(link: Link) -> Callable[[Request], None]:
+    """The root page function for `ui.run`: NiceGUI renders it for every path that no other route
+    has, and it builds the page of that path (a new one per visit)."""
+    register_routes()
+    FigureRoute.register(link)
+
+    def page(request: Request) -> None:
+        FigureRoute.register(link)  # also where a test harness reset the routes since
+        which, args = route(request.url.path)
+        if which == "training":
+            Dashboard(link)
+        elif which == "checkpoints":
+            CheckpointsPage(link)
+        elif which == "eval":
+            EvalPage(link, args["checkpoint"])
+        elif which == "compare":
+            ComparePage(link, request.query_params.get("a") or None, request.query_params.get("b") or None)
+        else:
+            NotFoundPage(link, request.url.path)
     return page
 
 

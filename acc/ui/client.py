@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import httpx
 
@@ -138,6 +139,39 @@ class TrainerClient:
 
     def fork_checkpoint(self, checkpoint_id: str, name: str) -> dict:
         return self._json("POST", f"/api/checkpoints/{checkpoint_id}/fork", json={"name": name})
+
+    # ---- factoring evaluation (M5) --------------------------------------------------------------
+    @staticmethod
+    def _checkpoint_path(checkpoint_id: str) -> str:
+        return f"/api/checkpoints/{quote(checkpoint_id, safe='')}"
+
+    def start_factoring(self, checkpoint_id: str, seeds: int | None = None,
+                        traversal_seeds: int | None = None) -> dict:
+        """Start the factoring evaluation of a checkpoint; returns the job (kind `factoring`),
+        followed by `factoring` stream events (or `job(id)`)."""
+        body = {k: v for k, v in {"seeds": seeds, "traversal_seeds": traversal_seeds}.items() if v is not None}
+        return self._json("POST", f"{self._checkpoint_path(checkpoint_id)}/factoring", json=body)
+
+    def factoring(self, checkpoint_id: str) -> dict:
+        """The checkpoint's newest factoring report; TrainerError 404 before the first."""
+        return self._json("GET", f"{self._checkpoint_path(checkpoint_id)}/factoring")
+
+    def factoring_or_none(self, checkpoint_id: str) -> dict | None:
+        """The same, or None where the trainer has none (404: no report yet, or no such checkpoint)."""
+        try:
+            return self.factoring(checkpoint_id)
+        except TrainerUnavailable:
+            raise
+        except TrainerError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def figure_png(self, checkpoint_id: str, kind: str, group: str | None = None) -> bytes:
+        """A figure of the newest report: `traversal` or `activation` of a slot `group`, or `attention`."""
+        params = {"group": group} if group is not None else {}
+        return self.request("GET", f"{self._checkpoint_path(checkpoint_id)}/figures/{quote(kind, safe='')}.png",
+                            params=params).content
 
     def run_recipe(self, name: str, params: dict | None = None) -> dict:
         return self._json("POST", f"/api/recipes/{name}/run", json={"params": params or {}})

@@ -1,8 +1,10 @@
-"""The header: what the trainer is doing and the buttons that drive it; the connection banner.
+"""The header: the pages' links, what the trainer is doing and the buttons that drive it; the banner.
 
-The status bar shows run, step, samples/s, device and running/paused/idle, and offers only the
-actions that make sense in that state. The banner appears when the trainer cannot be reached or
-rejects the token, counts down to the next retry and offers to retry now.
+Every page's header starts with the links between the dashboard's pages (`nav_links`). The
+training page's status bar shows run, step, samples/s, device and running/paused/idle, and offers
+only the actions that make sense in that state; the other pages show the same facts without the
+controls (`PageHeader`). The banner appears when the trainer cannot be reached or rejects the
+token, counts down to the next retry and offers to retry now.
 """
 
 from __future__ import annotations
@@ -17,6 +19,37 @@ from acc.ui.actions import FAILED, act
 from acc.ui.link import Connection, Link
 
 STATUS_COLORS = {"running": "positive", "paused": "warning", "idle": "grey"}
+NAV = (("training", "Training", "/"), ("checkpoints", "Checkpoints", "/checkpoints"), ("compare", "Compare", "/compare"))
+
+
+def nav_links(current: str | None) -> None:
+    """"ACC" and the links to the dashboard's pages, the current one underlined (markers `nav:<page>`)."""
+    ui.label("ACC").classes("text-h6 text-weight-bold")
+    for key, text, target in NAV:
+        link = ui.link(text, target).classes("text-white text-body2").props(f'data-nav="{key}"').mark(f"nav:{key}")
+        link.style("text-decoration: " + ("underline" if key == current else "none") + "; text-underline-offset: 4px")
+    ui.separator().props("vertical dark").classes("q-mx-xs")
+
+
+class PageHeader:
+    """The header of the pages other than training: links, and the trainer's run, step and status."""
+
+    def __init__(self, current: str | None) -> None:
+        with ui.row().classes("full-width items-center text-body2"):
+            nav_links(current)
+            ui.space()
+            self.run = ui.label().props('data-role="run"')
+            self.step = ui.label().classes("acc-num").props('data-role="step"')
+            self.status = ui.badge("—").props('data-role="status"')
+
+    def show(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        self.run.set_text(f"run {state['run_id']}")
+        self.step.set_text(f"step {state['step']:,}")
+        if self.status.text != state["status"]:
+            self.status.set_text(state["status"])
+            self.status.props(f"color={STATUS_COLORS.get(state['status'], 'grey')}")
 
 
 class StatusBar:
@@ -26,7 +59,7 @@ class StatusBar:
         self.link = link
         self._lr: float | None = None
         with ui.row().classes("full-width items-center text-body2"):
-            ui.label("ACC").classes("text-h6 text-weight-bold")
+            nav_links("training")
             self.run = ui.label().props('data-role="run"')
             self.step = ui.label().classes("acc-num").props('data-role="step"')
             self.speed = ui.label().classes("acc-num")

@@ -2,20 +2,25 @@
 
 The tree is drawn as a tree: each checkpoint under its parent, so forks from one parent show as
 sibling branches, each node with its step and key metrics, and the one the trainer continues from
-marked. Select a node to load it or fork a new branch from it; tick two to see their differences
-side by side (tasks, loss weights, steps, metrics) and their curves overlaid from the root of the
-tree, parting where they were forked. The recipes panel runs a recipe (with its parameters) as a
-job and follows its progress from the stream.
+marked. Select a node to load it, fork a new branch from it, or run its factoring evaluation (M5):
+[Run Eval] starts the job, the node shows its progress from the `factoring` events, then its UFR,
+and every node links to its evaluation page. Tick two and [Compare] opens the comparison page
+(`/compare?a=&b=`): their factoring side by side, their differences (tasks, loss weights, steps,
+metrics) and their curves overlaid from the root of the tree, parting where they were forked (the
+helpers for those are here). The recipes panel runs a recipe (with its parameters) as a job and
+follows its progress from the stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from nicegui import ui
 
 from acc.ui.actions import FAILED, act, fetch
+from acc.ui.factoring import RUNNING, compare_url, eval_url
 from acc.ui.forms import SchemaForm
 from acc.ui.link import Link
 
@@ -32,12 +37,28 @@ def key_metrics(metrics: dict[str, float | None]) -> str:
     return "  ".join(f"{k.removeprefix('eval/')}={metrics[k]:.4g}" for k in ranked[:KEY_METRICS])
 
 
-def tree_nodes(rows: list[dict[str, Any]], current: str | None = None) -> list[dict[str, Any]]:
+def eval_fields(state: dict[str, Any] | None) -> dict[str, Any]:
+    """What a node shows of its factoring evaluation: `ufr` (text, or None before the first
+    report), `running` with `progress` and `stage`, `failed` with the error."""
+    state = state or {}
+    ufr = state.get("ufr")
+    running = state.get("status") in RUNNING
+    return {"ufr": None if ufr is None else f"{ufr:.2f}", "running": running,
+            "progress": float(state.get("progress") or 0.0) if running else None,
+            "stage": f"{state.get('stage') or 'queued'} · {100 * float(state.get('progress') or 0):.0f}%" if running else "",
+            "failed": state.get("status") == "failed", "error": state.get("error") or ""}
+
+
+def tree_nodes(rows: list[dict[str, Any]], current: str | None = None,
+               evals: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Quasar tree nodes from checkpoint rows: children under their parent, oldest first;
-    `current` is the checkpoint the trainer continues from (the last saved or loaded)."""
+    `current` is the checkpoint the trainer continues from (the last saved or loaded); `evals`
+    the factoring state of each checkpoint (see `eval_fields`)."""
+    evals = evals or {}
     nodes = {row["id"]: {"id": row["id"], "label": f"{row['name']} · step {row['step']:,}",
                          "caption": " · ".join(filter(None, [row.get("branch") or "", key_metrics(row["metrics"])])),
-                         "current": row["id"] == current, "children": []} for row in rows}
+                         "current": row["id"] == current, "eval_url": eval_url(row["id"]),
+                         **eval_fields(evals.get(row["id"])), "children": []} for row in rows}
     roots = []
     for row in rows:
         parent = nodes.get(row["parent"])
@@ -153,12 +174,34 @@ def loaded_message(what: str, result: dict[str, Any]) -> str:
     return what + (f"; the live training was first saved as {autosaved['name']!r}" if autosaved else "")
 
 
+NODE_HEADER = """
+    <div class="column" :data-node="props.node.id">
+      <span class="text-body2">{{ props.node.label }}
+        <q-badge v-if="props.node.current" color="teal" label="current" data-role="current"
+                 title="the trainer continues from here" />
+        <q-badge v-if="props.node.ufr != null" color="indigo" :label="'UFR ' + props.node.ufr" data-role="ufr"
+                 title="the factoring score of its newest evaluation (0..1, higher is better)" />
+        <q-badge v-if="props.node.failed" color="negative" label="eval failed" data-role="eval-failed"
+                 :title="props.node.error" />
+        <a :href="props.node.eval_url" data-role="eval-link" class="acc-note q-ml-xs" @click.stop
+           title="its evaluation page">eval ›</a>
+      </span>
+      <span class="acc-note">{{ props.node.caption }}</span>
+      <div v-if="props.node.running" class="row items-center no-wrap acc-gap-sm" data-role="eval-progress">
+        <q-linear-progress :value="props.node.progress" style="width: 6rem" />
+        <span class="acc-note">{{ props.node.stage }}</span>
+      </div>
+    </div>"""
+
+
 class CheckpointTree:
-    """The workspace's checkpoints as a tree, with save, load, fork and compare."""
+    """The workspace's checkpoints as a tree, with save, load, fork, delete, evaluate and compare."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
         self.rows: dict[str, dict[str, Any]] = {}
+        self.evals: dict[str, dict[str, Any]] = {}  # checkpoint id -> {"ufr", "status", "progress", "stage", "error"}
+        self._known: set[str] = set()  # checkpoints whose report has been asked for
         with ui.row().classes("full-width items-center"):
             ui.label("Checkpoints").classes("acc-title")
             ui.space()
@@ -167,18 +210,16 @@ class CheckpointTree:
         self.tree = ui.tree([], node_key="id", label_key="label", tick_strategy="strict",
                             on_select=lambda e: self._show_selection(), on_tick=lambda e: self._show_selection())
         self.tree.props('data-role="checkpoint-tree" dense no-transition').mark("checkpoint-tree")
-        self.tree.add_slot("default-header", """
-            <div class="column" :data-node="props.node.id">
-              <span class="text-body2">{{ props.node.label }}
-                <q-badge v-if="props.node.current" color="teal" label="current" data-role="current"
-                         title="the trainer continues from here" />
-              </span>
-              <span class="acc-note">{{ props.node.caption }}</span>
-            </div>""")
+        self.tree.add_slot("default-header", NODE_HEADER)
         self.current: str | None = None
         with ui.row().classes("full-width items-center acc-gap-sm"):
             self.selected = ui.label("select a node · tick two to compare").classes("acc-note")
+            self.eval_link = ui.link("evaluation ›", "#").classes("acc-note").props('data-role="selected-eval-link"')
+            self.eval_link.mark("selected-eval-link")
             ui.space()
+            self.run_eval_button = ui.button("Run Eval", icon="analytics", on_click=self.run_eval).props(
+                'flat dense data-role="tree-run-eval"').mark("tree-run-eval")
+            self.run_eval_button.tooltip("evaluate how the selected checkpoint factors the held-out data")
             self.load_button = ui.button("Load", icon="restore", on_click=self.load).props("flat dense").mark(
                 "load-checkpoint")
             self.fork_button = ui.button("Fork", icon="call_split", on_click=self.fork).props("flat dense").mark(
@@ -200,6 +241,63 @@ class CheckpointTree:
             return
         self.rows = {row["id"]: row for row in rows}
         self._draw()
+        await self._load_reports([i for i in self.rows if i not in self._known])
+
+    async def load_all(self) -> None:
+        """The checkpoints, their UFRs and the factoring jobs running now (a page opening)."""
+        await self.refresh()
+        jobs = await fetch(self.link.client.jobs)
+        if jobs is not None:
+            self.show_jobs(jobs)
+
+    async def _load_reports(self, ids: list[str]) -> None:
+        """The UFR of each checkpoint's newest report (one request each: the checkpoint list has none)."""
+        if not ids:
+            return
+        self._known.update(ids)
+        reports = await asyncio.gather(*(fetch(self.link.client.factoring_or_none, i) for i in ids))
+        changed = False
+        for checkpoint_id, report in zip(ids, reports):
+            if report is not None:
+                state = self.evals.setdefault(checkpoint_id, {})
+                changed |= state.get("ufr") != report.get("ufr")
+                state["ufr"] = report.get("ufr")
+        if changed:
+            self._draw()
+
+    def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """Factoring jobs running as the page opens (a job names its checkpoint; events follow)."""
+        by_name = {row["name"]: row["id"] for row in self.rows.values()}
+        for job in jobs:
+            if job["kind"] == "factoring" and job["status"] in RUNNING and job["name"] in by_name:
+                self.evals.setdefault(by_name[job["name"]], {}).update(
+                    status=job["status"], progress=job["progress"], stage=job["status"])
+        self._draw()
+
+    async def show_factoring(self, data: dict[str, Any]) -> None:
+        """A `factoring` event: the node's progress; when done, its new UFR."""
+        checkpoint_id = data.get("checkpoint")
+        if checkpoint_id is None:
+            return
+        state = self.evals.setdefault(checkpoint_id, {})
+        state.update(status=data["status"], progress=data.get("progress"), stage=data.get("stage"),
+                     error=data.get("error"))
+        if data["status"] == "done":
+            report = await fetch(self.link.client.factoring_or_none, checkpoint_id)
+            if report is not None:
+                state["ufr"] = report.get("ufr")
+        self._draw()
+
+    async def run_eval(self) -> None:
+        row = self._chosen()
+        if row is None:
+            return
+        self.evals.setdefault(row["id"], {}).update(status="queued", progress=0.0, stage="starting", error=None)
+        self._draw()
+        job = await act(f"evaluating {row['name']}", self.link.client.start_factoring, row["id"])
+        if job is FAILED:
+            self.evals[row["id"]]["status"] = None
+            self._draw()
 
     def show_current(self, checkpoint: str | None) -> None:
         """Mark the checkpoint the trainer continues from (from the state)."""
@@ -208,7 +306,7 @@ class CheckpointTree:
             self._draw()
 
     def _draw(self) -> None:
-        self.tree.props["nodes"] = tree_nodes(list(self.rows.values()), self.current)
+        self.tree.props["nodes"] = tree_nodes(list(self.rows.values()), self.current, self.evals)
         self.tree.update()
         self.tree.expand()
         self._show_selection()
@@ -228,6 +326,12 @@ class CheckpointTree:
         self.delete_button.set_enabled(chosen is not None and why_not is None)
         self.delete_tip.set_text(why_not or "delete this checkpoint (a leaf of the tree)")
         self.compare_button.set_enabled(len(ticked) == 2)
+        running = chosen is not None and self.evals.get(chosen["id"], {}).get("status") in RUNNING
+        self.run_eval_button.set_enabled(chosen is not None and not running)
+        self.eval_link.set_visibility(chosen is not None)
+        if chosen is not None and self.eval_link.props.get("href") != eval_url(chosen["id"]):
+            self.eval_link.props["href"] = eval_url(chosen["id"])
+            self.eval_link.update()
 
     async def save(self) -> None:
         saved = await act("saving a checkpoint", self.link.client.save_checkpoint, self.name.value.strip() or None)
@@ -299,34 +403,11 @@ class CheckpointTree:
             if result is not FAILED:
                 ui.notify(loaded_message(f"branch {name!r} started from {row['name']!r}", result), type="positive")
 
-    async def compare(self) -> None:
+    def compare(self) -> None:
+        """The comparison page of the two ticked checkpoints, the older as `a`."""
         ticked = sorted(self._ticked(), key=lambda r: r["created"])
-        if len(ticked) != 2:
-            return
-        a, b = ticked
-        lineages = [await fetch(self.link.client.checkpoint_metrics, row["id"], max_points=COMPARE_POINTS)
-                    for row in ticked]
-        with ui.dialog() as dialog, ui.card().style("width: min(95vw, 72rem); max-width: none"):
-            ui.label(f"{a['name']}  vs  {b['name']}").classes("acc-title")
-            columns = [{"name": "field", "label": "", "field": "field", "align": "left"},
-                       {"name": "a", "label": a["name"], "field": "a", "align": "left"},
-                       {"name": "b", "label": b["name"], "field": "b", "align": "left"},
-                       {"name": "same", "label": "", "field": "same"}]
-            ui.table(columns=columns, rows=differences(a, b), row_key="field", pagination=0).props(
-                'dense flat wrap-cells data-role="compare"').classes("full-width")
-            if None in lineages:
-                ui.label("The curves could not be fetched; see the banner.").classes("acc-note")
-            else:
-                curves_a, curves_b = lineages
-                forked_at = fork_step(self.rows, a["id"], b["id"])
-                with ui.element().classes("acc-grid"):
-                    for key in compare_keys(curves_a, curves_b):
-                        curves = [(row["name"], lineage.get(key)) for row, lineage in zip(ticked, lineages)]
-                        ui.echart(compare_options(key, curves, forked_at)).style("height: 14rem").props(
-                            f'data-compare-key="{key}"').mark(f"compare:{key}")
-            ui.button("Close", on_click=dialog.close).props("flat")
-        dialog.on("hide", dialog.delete)
-        dialog.open()
+        if len(ticked) == 2:
+            ui.navigate.to(compare_url(ticked[0]["id"], ticked[1]["id"]))
 
 
 class RecipesPanel:
