@@ -1,0 +1,388 @@
+"""M5 acceptance: `python -m acc.test_m5 [--trainer URL] [--token T] [--seed N ...] [--out DIR]`.
+
+Without a URL it starts its own trainer (`acc trainer --fresh --seed N` in a temporary workspace;
+each `--seed` in a workspace of its own, one after the other). Through the API, as a user would, it
+runs the recipes `mnist_only_5k` and `curriculum_5k` (POST /api/recipes/{name}/run, waiting for each
+job), then for each checkpoint runs the factoring evaluation (POST /api/checkpoints/{id}/factoring,
+waiting for the job), reads the report and fetches every slot group's traversal figure (PNG). Then
+the roadmap's comparison (DESIGN §6 M5, §7):
+- curriculum_5k's thickness traversal is cleaner: a higher |Spearman rho| between traversal step
+  and measured thickness than mnist_only_5k's, with the digit class kept in most steps
+  (class_kept > 0.5). |rho|, because the traversal runs along the slot's principal direction,
+  whose sign is a convention (its largest component positive), not thinner-to-thicker;
+- UFR(curriculum_5k) > UFR(mnist_only_5k).
+It prints both reports side by side (UFR; per concept I, tau, L, UFR; traversal rho, range,
+class_kept) and the figures' files (each traversal grid, and the two thickness grids one above the
+other in `thickness-side-by-side.png`), under `--out` (default: a new folder in the temp dir).
+
+Each step prints PASS or FAIL; the exit code is 0 only if all pass, at every seed. The recipes run
+on CPU for a long time (1,000 + 4,000 + 4,000 steps); progress is printed every minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from PIL import Image, ImageDraw
+
+from acc.acceptance import Checklist, free_port, wait_until
+from acc.ui.client import TrainerClient, TrainerError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of the comparison: the recipe run and the checkpoint it ends with."""
+    recipe: str
+    checkpoint: str
+    params: dict = field(default_factory=dict)
+
+
+BASELINE = Arm("mnist_only_5k", "mnist_only_5k")
+CURRICULUM = Arm("curriculum_5k", "curriculum_5k")
+CONCEPT = "thickness"  # the concept whose traversal the roadmap compares
+CLASS_KEPT = 0.5  # "the digit class kept in most steps"
+PROTOTYPE_RHO = 0.9  # DESIGN §7: the prototype's curriculum thickness traversals had rho 0.90-0.97
+
+
+class Steps(Checklist):
+    """The checklist, remembering every step (name, ok, detail) for callers such as the tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[tuple[str, bool, str]] = []
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.steps.append((name, bool(ok), detail))
+        return super().check(name, ok, detail)
+
+
+@dataclass
+class Outcome:
+    """What one arm produced: its recipe job, checkpoint, factoring report and figures."""
+    arm: Arm
+    recipe_job: dict | None = None
+    checkpoint: dict | None = None
+    factoring_job: dict | None = None
+    report: dict | None = None
+    figures: dict[str, Path] = field(default_factory=dict)
+    recipe_s: float = 0.0
+    factoring_s: float = 0.0
+
+
+@dataclass
+class Result:
+    code: int
+    steps: Steps
+    outcomes: list[Outcome]
+    table: str
+    seed: int | None = None
+    out: Path | None = None
+
+
+# ---- talking to the trainer ---------------------------------------------------------------------
+def wait_job(client: TrainerClient, job_id: str, timeout: float, label: str, every: float = 60.0) -> dict:
+    """Poll the job until it ends (cancelled after `timeout` s); print its progress every `every` s."""
+    start = last = time.monotonic()
+    job = client.job(job_id)
+    while job["status"] in ("queued", "running") and time.monotonic() - start < timeout:
+        time.sleep(0.5 if time.monotonic() - start > 5 else 0.1)
+        job = client.job(job_id)
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            print(f"      {label}: {job['status']} {100 * job['progress']:.0f}% after "
+                  f"{time.monotonic() - start:.0f} s", flush=True)
+    if job["status"] in ("queued", "running"):  # timed out: stop it, so that the next job may run
+        client.cancel_job(job_id)
+        wait_until(lambda: client.job(job_id)["status"] not in ("queued", "running"), 120, 0.5)
+        job = {**client.job(job_id), "error": f"timed out after {timeout:.0f} s; cancelled"}
+    return job
+
+
+def run_arm(c: Steps, client: TrainerClient, arm: Arm, out: Path, recipe_timeout: float,
+            factoring_timeout: float) -> Outcome:
+    """Run the arm's recipe, evaluate its checkpoint, fetch the report and traversal figures."""
+    o = Outcome(arm)
+    clock = time.monotonic()
+    started = client.run_recipe(arm.recipe, arm.params)
+    o.recipe_job = wait_job(client, started["id"], recipe_timeout, arm.recipe)
+    o.recipe_s = time.monotonic() - clock
+    result = o.recipe_job.get("result") or {}
+    rows = [row for row in result.get("checkpoints", []) if row["name"] == arm.checkpoint]
+    o.checkpoint = rows[-1] if rows else None
+    steps = result.get("steps", 0)
+    reused = result.get("skipped", [])
+    c.check(f"{arm.recipe}: recipe run through POST /api/recipes/{arm.recipe}/run, job done",
+            o.recipe_job["status"] == "done" and o.checkpoint is not None,
+            f"job {o.recipe_job['status']}{': ' + str(o.recipe_job['error']) if o.recipe_job['error'] else ''}; "
+            f"{steps} steps in {o.recipe_s:.0f} s"
+            + (f" ({steps / o.recipe_s:.2f} steps/s)" if steps and o.recipe_s else "")
+            + (f"; reused {', '.join(reused)}" if reused else "")
+            + (f"; checkpoint {o.checkpoint['name']} ({o.checkpoint['id']}) at step {o.checkpoint['step']}"
+               if o.checkpoint else f"; no checkpoint named {arm.checkpoint!r}"))
+    if o.checkpoint is None:
+        return o
+
+    clock = time.monotonic()
+    started = client.request("POST", f"/api/checkpoints/{o.checkpoint['id']}/factoring", json={}).json()
+    o.factoring_job = wait_job(client, started["id"], factoring_timeout, f"factoring {arm.checkpoint}")
+    o.factoring_s = time.monotonic() - clock
+    c.check(f"{arm.checkpoint}: factoring evaluation (POST /api/checkpoints/{{id}}/factoring), job done",
+            started["kind"] == "factoring" and o.factoring_job["status"] == "done",
+            f"job {o.factoring_job['status']}"
+            f"{': ' + str(o.factoring_job['error']) if o.factoring_job['error'] else ''} in {o.factoring_s:.0f} s")
+    if o.factoring_job["status"] != "done":
+        return o
+
+    o.report = client.request("GET", f"/api/checkpoints/{o.checkpoint['id']}/factoring").json()
+    concepts, traversal = o.report.get("concepts", {}), o.report.get("traversal", {})
+    complete = (o.report.get("ufr") is not None and {"thickness", "slant"} <= set(concepts)
+                and all({"I", "tau", "L", "ufr"} <= set(concepts[k]) for k in concepts)
+                and {"rho", "range", "class_kept"} <= set(traversal.get(CONCEPT, {})))
+    c.check(f"{arm.checkpoint}: report served (GET /api/checkpoints/{{id}}/factoring)", complete,
+            f"step {o.report.get('step')}, UFR {_num(o.report.get('ufr'))}, concepts {sorted(concepts)}, "
+            f"traversals {sorted(traversal)}, parts missing {o.report.get('parts_missing')}")
+
+    folder = out / arm.checkpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(o.report, indent=1))
+    problems = []
+    for group in o.report.get("slots", {}):
+        try:
+            response = client.request("GET", f"/api/checkpoints/{o.checkpoint['id']}/figures/traversal.png",
+                                      params={"group": group})
+        except TrainerError as e:
+            problems.append(f"{group}: {e}")
+            continue
+        data = response.content
+        if response.headers.get("content-type") != "image/png" or not data.startswith(PNG):
+            problems.append(f"{group}: not a PNG ({response.headers.get('content-type')})")
+            continue
+        path = folder / f"traversal-{group}.png"
+        path.write_bytes(data)
+        o.figures[group] = path
+    sizes = ", ".join(f"{g} {Image.open(p).width}x{Image.open(p).height}" for g, p in o.figures.items())
+    c.check(f"{arm.checkpoint}: traversal figures served as PNG, one per slot group",
+            not problems and CONCEPT in o.figures, "; ".join(problems) or sizes)
+    return o
+
+
+# ---- the comparison -----------------------------------------------------------------------------
+def _num(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """Both reports side by side: UFR, per concept (I, tau, L, UFR), traversal (rho, range, class kept)."""
+    reports = [(o.arm.checkpoint, o.report or {}) for o in outcomes]
+    names = [name for name, _ in reports]
+    width = max(14, *map(len, names))
+    lines = ["".join([f"{'':<34}"] + [f"{name:>{width + 2}}" for name in names])]
+
+    def row(label: str, values: Sequence[object]) -> None:
+        lines.append("".join([f"{label:<34}"] + [f"{_num(v):>{width + 2}}" for v in values]))
+
+    row("step", [r.get("step") for _, r in reports])
+    row("UFR", [r.get("ufr") for _, r in reports])
+    concepts = list(dict.fromkeys(k for _, r in reports for k in r.get("concepts", {})))
+    for concept in concepts:
+        row(f"{concept}: slot", [r.get("concepts", {}).get(concept, {}).get("slot") for _, r in reports])
+        for part in ("I", "tau", "L", "ufr"):
+            row(f"{concept}: {part if part != 'ufr' else 'UFR'}",
+                [r.get("concepts", {}).get(concept, {}).get(part) for _, r in reports])
+        infos = [r.get("concepts", {}).get(concept, {}).get("info") or {} for _, r in reports]
+        row(f"{concept}: info own slot (nats)", [i.get("own") for i in infos])
+        row(f"{concept}: info best other (nats)", [i.get("best_other") for i in infos])
+        row(f"{concept}: best other slot", [i.get("best_other_slot") for i in infos])
+    for concept in list(dict.fromkeys(k for _, r in reports for k in r.get("traversal", {}))):
+        for part in ("rho", "range", "class_kept"):
+            row(f"{concept} traversal: {part}", [r.get("traversal", {}).get(concept, {}).get(part) for _, r in reports])
+    row("MIG", [(r.get("mig") or {}).get("mig") for _, r in reports])
+    row("DCI disentanglement", [(r.get("dci") or {}).get("disentanglement") for _, r in reports])
+    return "\n".join(lines)
+
+
+def side_by_side(outcomes: Sequence[Outcome], path: Path) -> Path | None:
+    """The arms' thickness traversal grids one above the other, each under its checkpoint's name."""
+    grids = [(o.arm.checkpoint, Image.open(o.figures[CONCEPT]).convert("RGB"))
+             for o in outcomes if CONCEPT in o.figures]
+    if len(grids) < 2:
+        return None
+    label_h = 16
+    width = max(g.width for _, g in grids)
+    canvas = Image.new("RGB", (width, sum(g.height + label_h for _, g in grids)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for name, grid in grids:
+        draw.text((4, y + 2), f"{name}: {CONCEPT} slot traversal", fill="black")
+        canvas.paste(grid, (0, y + label_h))
+        y += grid.height + label_h
+    canvas.save(path)
+    return path
+
+
+def compare(c: Steps, baseline: Outcome, curriculum: Outcome) -> None:
+    """The roadmap's expectation, checked on the two reports (never adjusted to come out)."""
+    if baseline.report is None or curriculum.report is None:
+        c.check("comparison: both reports available", False, "a recipe or its evaluation failed above")
+        return
+    b, k = baseline.report, curriculum.report
+    tb, tk = b["traversal"].get(CONCEPT, {}), k["traversal"].get(CONCEPT, {})
+    rb, rk = tb.get("rho"), tk.get("rho")
+    cleaner = rb is not None and rk is not None and abs(rk) > abs(rb)
+    c.check(f"comparison: {curriculum.arm.checkpoint}'s {CONCEPT} traversal is cleaner: it follows {CONCEPT} more closely "
+            f"(|rho| higher than {baseline.arm.checkpoint}'s)", cleaner,
+            f"|rho| {_num(abs(rk) if rk is not None else None)} vs {_num(abs(rb) if rb is not None else None)}; "
+            f"range {_num(tk.get('range'))} vs {_num(tb.get('range'))} px")
+    kept = tk.get("class_kept")
+    c.check(f"comparison: {curriculum.arm.checkpoint}'s {CONCEPT} traversal keeps the digit class in most steps "
+            f"(class_kept > {CLASS_KEPT})", kept is not None and kept > CLASS_KEPT,
+            f"class_kept {_num(kept)} ({baseline.arm.checkpoint}: {_num(tb.get('class_kept'))})")
+    c.check(f"comparison: UFR({curriculum.arm.checkpoint}) > UFR({baseline.arm.checkpoint})",
+            b["ufr"] is not None and k["ufr"] is not None and k["ufr"] > b["ufr"],
+            f"{_num(k['ufr'])} vs {_num(b['ufr'])}")
+    # Not checks: what the numbers mean next to DESIGN §7's prototype, so that a PASS by a hair reads as one.
+    if rk is not None and abs(rk) < PROTOTYPE_RHO:
+        print(f"note  {curriculum.arm.checkpoint}'s {CONCEPT} traversal |rho| {abs(rk):.3f} is below the "
+              f"prototype's {PROTOTYPE_RHO}-0.97 (DESIGN §7): it does not change {CONCEPT} monotonically; "
+              f"the check above compares the two checkpoints only", flush=True)
+    for o in (baseline, curriculum):
+        for name, concept in o.report["concepts"].items():
+            if concept.get("L") == 0:
+                info = concept.get("info") or {}
+                print(f"note  {o.arm.checkpoint}: {name} has L = 0, so UFR_{name} = 0: slot "
+                      f"{info.get('best_other_slot')} holds {_num(info.get('best_other'))} nats of it, its own "
+                      f"slot {concept.get('slot')} {_num(info.get('own'))}", flush=True)
+
+
+def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICULUM), out: Path | None = None,
+        recipe_timeout: float = 6 * 3600, factoring_timeout: float = 3600, seed: int | None = None) -> Result:
+    """The whole M5 check against the trainer at `url`: both arms, the table, the comparison."""
+    out = Path(out or tempfile.mkdtemp(prefix="acc-m5-"))
+    out.mkdir(parents=True, exist_ok=True)
+    c = Steps()
+    outcomes: list[Outcome] = []
+    with TrainerClient(url, token, timeout=120) as client:
+        c.check("trainer reachable", client.health()["ok"], url + (f", seed {seed}" if seed is not None else ""))
+        recipes = [item["name"] for item in client.registry("recipes")["items"]]
+        c.check("both recipes listed", all(_listed(arm.recipe, recipes) for arm in arms), ", ".join(recipes))
+        for arm in arms:
+            outcomes.append(run_arm(c, client, arm, out / "figures", recipe_timeout, factoring_timeout))
+    baseline, curriculum = outcomes
+    parents = [o.checkpoint.get("parent") if o.checkpoint else None for o in outcomes]
+    c.check("both branches fork from one parent checkpoint (they differ in one variable)",
+            parents[0] is not None and parents[0] == parents[1], f"parents {parents}")
+
+    printed = table(outcomes)
+    print(f"\nfactoring reports{f' (seed {seed})' if seed is not None else ''}:\n{printed}\n", flush=True)
+    both = side_by_side(outcomes, out / f"{CONCEPT}-side-by-side.png")
+    for o in outcomes:
+        for group, path in o.figures.items():
+            print(f"      figure {o.arm.checkpoint} traversal {group}: {path}")
+    if both:
+        print(f"      figure {CONCEPT} traversals side by side: {both}", flush=True)
+    c.check("table of both reports printed, with the figures", bool(printed) and both is not None,
+            f"figures under {out}")
+    compare(c, baseline, curriculum)
+    print(f"{'ALL PASS' if not c.failed else f'{c.failed} FAILED'}"
+          f"{f' (seed {seed})' if seed is not None else ''}", flush=True)
+    return Result(0 if not c.failed else 1, c, outcomes, printed, seed, out)
+
+
+def _listed(recipe: str, names: list[str]) -> bool:
+    folded = recipe.replace("_", "").lower()
+    return any(name == recipe or name.lower() == folded for name in names)
+
+
+# ---- a trainer of its own, per seed ---------------------------------------------------------------
+@contextmanager
+def own_trainer(seed: int, log_path: Path) -> Iterator[str]:
+    """`acc trainer --fresh --seed N` on a free port over a temporary workspace; its log to `log_path`."""
+    with tempfile.TemporaryDirectory(prefix=f"acc-m5-seed{seed}-") as workspace, open(log_path, "wb") as log:
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "acc", "trainer", "--fresh", "--seed", str(seed),
+                                    "--port", str(port), "--workspace", workspace],
+                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with TrainerClient(url) as client:
+                def up() -> bool:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"the trainer exited with {process.returncode}; see {log_path}")
+                    try:
+                        return client.health()["ok"]
+                    except TrainerError:
+                        return False
+                if not wait_until(up, 120, 0.2):
+                    raise RuntimeError(f"the trainer at {url} did not start; see {log_path}")
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def summary(results: Sequence[Result]) -> str:
+    """One line per seed: both UFRs, both thickness |rho|, curriculum's class_kept, the verdict."""
+    head = f"{'seed':>6} {'UFR base':>9} {'UFR curr':>9} {'|rho| base':>11} {'|rho| curr':>11} {'kept curr':>10}  verdict"
+    lines = [head]
+    for r in results:
+        reports = [o.report or {} for o in r.outcomes] if len(r.outcomes) == 2 else [{}, {}]
+        rho = [abs(x["rho"]) if (x := rep.get("traversal", {}).get(CONCEPT, {})).get("rho") is not None else None
+               for rep in reports]
+        kept = reports[1].get("traversal", {}).get(CONCEPT, {}).get("class_kept")
+        lines.append(f"{_num(r.seed):>6} {_num(reports[0].get('ufr')):>9} {_num(reports[1].get('ufr')):>9} "
+                     f"{_num(rho[0]):>11} {_num(rho[1]):>11} {_num(kept):>10}  "
+                     f"{'PASS' if r.code == 0 else f'{r.steps.failed} FAILED'}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trainer", help="URL of a running trainer (default: start one per seed)")
+    parser.add_argument("--token")
+    parser.add_argument("--seed", type=int, action="append", dest="seeds",
+                        help="seed of a trainer of its own (repeatable; each in its own workspace; default 0)")
+    parser.add_argument("--out", type=Path, help="folder for the figures and trainer logs (default: a new temp folder)")
+    args = parser.parse_args(argv)
+    if args.trainer and args.seeds:
+        parser.error("--seed applies to a trainer of its own; a running trainer (--trainer) has its own seed")
+    out = args.out or Path(tempfile.mkdtemp(prefix="acc-m5-"))
+    results: list[Result] = []
+    try:
+        if args.trainer:
+            results.append(run(args.trainer, args.token, out=out))
+        else:
+            for seed in args.seeds or [0]:
+                folder = out / f"seed{seed}"
+                folder.mkdir(parents=True, exist_ok=True)
+                print(f"==== seed {seed}: own trainer (log {folder / 'trainer.log'})", flush=True)
+                clock = time.monotonic()
+                with own_trainer(seed, folder / "trainer.log") as url:
+                    results.append(run(url, None, out=folder, seed=seed))
+                print(f"==== seed {seed}: {time.monotonic() - clock:.0f} s in all", flush=True)
+    except Exception as e:  # any failure is a FAIL line, never a traceback without a verdict
+        print(f"FAIL  acceptance aborted: {type(e).__name__}: {e}", flush=True)
+        return 1
+    if len(results) > 1:
+        print("\n" + summary(results), flush=True)
+    return 0 if all(r.code == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
