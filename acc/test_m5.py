@@ -36,6 +36,7 @@ from typing import Iterator, Sequence
 from PIL import Image, ImageDraw
 
 from acc.acceptance import Checklist, free_port, wait_until
+from acc.images import font
 from acc.ui.client import TrainerClient, TrainerError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -121,12 +122,14 @@ def run_arm(c: Steps, client: TrainerClient, arm: Arm, out: Path, recipe_timeout
     result = o.recipe_job.get("result") or {}
     rows = [row for row in result.get("checkpoints", []) if row["name"] == arm.checkpoint]
     o.checkpoint = rows[-1] if rows else None
-    steps = result.get("steps", 0)
     reused = result.get("skipped", [])
+    # the recipe's steps count those of checkpoints it found made and loaded: not trained now
+    steps = result.get("steps", 0) - max((row["step"] for row in result.get("checkpoints", [])
+                                          if row["name"] in reused), default=0)
     c.check(f"{arm.recipe}: recipe run through POST /api/recipes/{arm.recipe}/run, job done",
             o.recipe_job["status"] == "done" and o.checkpoint is not None,
             f"job {o.recipe_job['status']}{': ' + str(o.recipe_job['error']) if o.recipe_job['error'] else ''}; "
-            f"{steps} steps in {o.recipe_s:.0f} s"
+            f"{steps} steps trained in {o.recipe_s:.0f} s"
             + (f" ({steps / o.recipe_s:.2f} steps/s)" if steps and o.recipe_s else "")
             + (f"; reused {', '.join(reused)}" if reused else "")
             + (f"; checkpoint {o.checkpoint['name']} ({o.checkpoint['id']}) at step {o.checkpoint['step']}"
@@ -135,7 +138,7 @@ def run_arm(c: Steps, client: TrainerClient, arm: Arm, out: Path, recipe_timeout
         return o
 
     clock = time.monotonic()
-    started = client.request("POST", f"/api/checkpoints/{o.checkpoint['id']}/factoring", json={}).json()
+    started = client.start_factoring(o.checkpoint["id"])
     o.factoring_job = wait_job(client, started["id"], factoring_timeout, f"factoring {arm.checkpoint}")
     o.factoring_s = time.monotonic() - clock
     c.check(f"{arm.checkpoint}: factoring evaluation (POST /api/checkpoints/{{id}}/factoring), job done",
@@ -145,7 +148,7 @@ def run_arm(c: Steps, client: TrainerClient, arm: Arm, out: Path, recipe_timeout
     if o.factoring_job["status"] != "done":
         return o
 
-    o.report = client.request("GET", f"/api/checkpoints/{o.checkpoint['id']}/factoring").json()
+    o.report = client.factoring(o.checkpoint["id"])
     concepts, traversal = o.report.get("concepts", {}), o.report.get("traversal", {})
     complete = (o.report.get("ufr") is not None and {"thickness", "slant"} <= set(concepts)
                 and all({"I", "tau", "L", "ufr"} <= set(concepts[k]) for k in concepts)
@@ -221,12 +224,12 @@ def side_by_side(outcomes: Sequence[Outcome], path: Path) -> Path | None:
              for o in outcomes if CONCEPT in o.figures]
     if len(grids) < 2:
         return None
-    label_h = 16
+    label, label_h = font(14), 20
     width = max(g.width for _, g in grids)
     canvas = Image.new("RGB", (width, sum(g.height + label_h for _, g in grids)), "white")
     draw, y = ImageDraw.Draw(canvas), 0
     for name, grid in grids:
-        draw.text((4, y + 2), f"{name}: {CONCEPT} slot traversal", fill="black")
+        draw.text((4, y + 2), f"{name}: {CONCEPT} slot traversal", fill="black", font=label)
         canvas.paste(grid, (0, y + label_h))
         y += grid.height + label_h
     canvas.save(path)
