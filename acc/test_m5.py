@@ -21,21 +21,17 @@ on CPU for a long time (1,000 + 4,000 + 4,000 steps); progress is printed every 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from acc.acceptance import Checklist, free_port, wait_until
+from acc.acceptance import Checklist, run_per_seed, seed_parser, wait_job
 from acc.images import font
 from acc.ui.client import TrainerClient, TrainerError
 
@@ -57,18 +53,6 @@ CLASS_KEPT = 0.5  # "the digit class kept in most steps"
 PROTOTYPE_RHO = 0.9  # DESIGN §7: the prototype's curriculum thickness traversals had rho 0.90-0.97
 
 
-class Steps(Checklist):
-    """The checklist, remembering every step (name, ok, detail) for callers such as the tests."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.steps: list[tuple[str, bool, str]] = []
-
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.steps.append((name, bool(ok), detail))
-        return super().check(name, ok, detail)
-
-
 @dataclass
 class Outcome:
     """What one arm produced: its recipe job, checkpoint, factoring report and figures."""
@@ -85,7 +69,7 @@ class Outcome:
 @dataclass
 class Result:
     code: int
-    steps: Steps
+    steps: Checklist
     outcomes: list[Outcome]
     table: str
     seed: int | None = None
@@ -93,25 +77,7 @@ class Result:
 
 
 # ---- talking to the trainer ---------------------------------------------------------------------
-def wait_job(client: TrainerClient, job_id: str, timeout: float, label: str, every: float = 60.0) -> dict:
-    """Poll the job until it ends (cancelled after `timeout` s); print its progress every `every` s."""
-    start = last = time.monotonic()
-    job = client.job(job_id)
-    while job["status"] in ("queued", "running") and time.monotonic() - start < timeout:
-        time.sleep(0.5 if time.monotonic() - start > 5 else 0.1)
-        job = client.job(job_id)
-        if time.monotonic() - last >= every:
-            last = time.monotonic()
-            print(f"      {label}: {job['status']} {100 * job['progress']:.0f}% after "
-                  f"{time.monotonic() - start:.0f} s", flush=True)
-    if job["status"] in ("queued", "running"):  # timed out: stop it, so that the next job may run
-        client.cancel_job(job_id)
-        wait_until(lambda: client.job(job_id)["status"] not in ("queued", "running"), 120, 0.5)
-        job = {**client.job(job_id), "error": f"timed out after {timeout:.0f} s; cancelled"}
-    return job
-
-
-def run_arm(c: Steps, client: TrainerClient, arm: Arm, out: Path, recipe_timeout: float,
+def run_arm(c: Checklist, client: TrainerClient, arm: Arm, out: Path, recipe_timeout: float,
             factoring_timeout: float) -> Outcome:
     """Run the arm's recipe, evaluate its checkpoint, fetch the report and traversal figures."""
     o = Outcome(arm)
@@ -236,7 +202,7 @@ def side_by_side(outcomes: Sequence[Outcome], path: Path) -> Path | None:
     return path
 
 
-def compare(c: Steps, baseline: Outcome, curriculum: Outcome) -> None:
+def compare(c: Checklist, baseline: Outcome, curriculum: Outcome) -> None:
     """The roadmap's expectation, checked on the two reports (never adjusted to come out)."""
     if baseline.report is None or curriculum.report is None:
         c.check("comparison: both reports available", False, "a recipe or its evaluation failed above")
@@ -275,7 +241,7 @@ def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICUL
     """The whole M5 check against the trainer at `url`: both arms, the table, the comparison."""
     out = Path(out or tempfile.mkdtemp(prefix="acc-m5-"))
     out.mkdir(parents=True, exist_ok=True)
-    c = Steps()
+    c = Checklist()
     outcomes: list[Outcome] = []
     with TrainerClient(url, token, timeout=120) as client:
         c.check("trainer reachable", client.health()["ok"], url + (f", seed {seed}" if seed is not None else ""))
@@ -309,37 +275,6 @@ def _listed(recipe: str, names: list[str]) -> bool:
     return any(name == recipe or name.lower() == folded for name in names)
 
 
-# ---- a trainer of its own, per seed ---------------------------------------------------------------
-@contextmanager
-def own_trainer(seed: int, log_path: Path) -> Iterator[str]:
-    """`acc trainer --fresh --seed N` on a free port over a temporary workspace; its log to `log_path`."""
-    with tempfile.TemporaryDirectory(prefix=f"acc-m5-seed{seed}-") as workspace, open(log_path, "wb") as log:
-        port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "acc", "trainer", "--fresh", "--seed", str(seed),
-                                    "--port", str(port), "--workspace", workspace],
-                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            with TrainerClient(url) as client:
-                def up() -> bool:
-                    if process.poll() is not None:
-                        raise RuntimeError(f"the trainer exited with {process.returncode}; see {log_path}")
-                    try:
-                        return client.health()["ok"]
-                    except TrainerError:
-                        return False
-                if not wait_until(up, 120, 0.2):
-                    raise RuntimeError(f"the trainer at {url} did not start; see {log_path}")
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-
-
 def summary(results: Sequence[Result]) -> str:
     """One line per seed: both UFRs, both thickness |rho|, curriculum's class_kept, the verdict."""
     head = f"{'seed':>6} {'UFR base':>9} {'UFR curr':>9} {'|rho| base':>11} {'|rho| curr':>11} {'kept curr':>10}  verdict"
@@ -356,35 +291,11 @@ def summary(results: Sequence[Result]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trainer", help="URL of a running trainer (default: start one per seed)")
-    parser.add_argument("--token")
-    parser.add_argument("--seed", type=int, action="append", dest="seeds",
-                        help="seed of a trainer of its own (repeatable; each in its own workspace; default 0)")
+    parser = seed_parser(__doc__)
     parser.add_argument("--out", type=Path, help="folder for the figures and trainer logs (default: a new temp folder)")
     args = parser.parse_args(argv)
-    if args.trainer and args.seeds:
-        parser.error("--seed applies to a trainer of its own; a running trainer (--trainer) has its own seed")
     out = args.out or Path(tempfile.mkdtemp(prefix="acc-m5-"))
-    results: list[Result] = []
-    try:
-        if args.trainer:
-            results.append(run(args.trainer, args.token, out=out))
-        else:
-            for seed in args.seeds or [0]:
-                folder = out / f"seed{seed}"
-                folder.mkdir(parents=True, exist_ok=True)
-                print(f"==== seed {seed}: own trainer (log {folder / 'trainer.log'})", flush=True)
-                clock = time.monotonic()
-                with own_trainer(seed, folder / "trainer.log") as url:
-                    results.append(run(url, None, out=folder, seed=seed))
-                print(f"==== seed {seed}: {time.monotonic() - clock:.0f} s in all", flush=True)
-    except Exception as e:  # any failure is a FAIL line, never a traceback without a verdict
-        print(f"FAIL  acceptance aborted: {type(e).__name__}: {e}", flush=True)
-        return 1
-    if len(results) > 1:
-        print("\n" + summary(results), flush=True)
-    return 0 if all(r.code == 0 for r in results) else 1
+    return run_per_seed(args, lambda url, token, seed, folder: run(url, token, out=folder, seed=seed), out, summary)
 
 
 if __name__ == "__main__":

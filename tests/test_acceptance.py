@@ -33,3 +33,15 @@ def test_m3_acceptance_passes_and_cleans_up(generated_data_dir):
     assert len(lines) == 7 and all(line.startswith("PASS") for line in lines), result.stdout
     assert not GENERATOR_FILE.exists()
     assert generated_data_dir.is_dir() and not list(generated_data_dir.iterdir())  # generated there, then deleted
+
+
+def test_m6_acceptance_passes_in_full():
+    """The whole M6 acceptance at the default seed (about two minutes on 2 cores): the recipe's
+    tree, the drop after a random expansion, none after an identity one, both recovering past the
+    base, the expansion by hand through the API; and the comparison with the control printed."""
+    result = subprocess.run([sys.executable, "-m", "acc.test_m6"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 10 and all(line.startswith("PASS") for line in lines), result.stdout
+    compared = [line for line in result.stdout.splitlines() if line.startswith("compare")]
+    assert len(compared) == 2 and all("the control" in line for line in compared), result.stdout

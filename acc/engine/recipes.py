@@ -100,6 +100,11 @@ class RecipeContext:
     def set_lr(self, lr: float) -> None:
         self._pending.append(Op("set_lr", {"lr": lr}))
 
+    def expand(self, where: str, init: str = "identity", seed: int | None = None) -> None:
+        """Grow the model by a layer (`Engine.expand`); the engine saves the expanded model as a
+        checkpoint of its own, and the recipe's branch goes on from it."""
+        self._pending.append(Op("expand", {"where": where, "init": init, "seed": seed}))
+
     def train(self, steps: int) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"train(steps) needs a positive integer, got {steps!r}")

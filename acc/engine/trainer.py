@@ -32,6 +32,7 @@ from acc.engine.autosave import Autosaver
 from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue
 from acc.engine.events import Subscribers
+from acc.engine.expansion import ExpansionCommands
 from acc.engine.runs import OwnerLock, mark_crashed
 from acc.engine.snapshots import CheckpointCommands
 from acc.engine.task_commands import ActiveTask, TaskCommands, TaskState
@@ -128,10 +129,10 @@ def _cat_outputs(parts: list[Any]) -> Any:
     return first
 
 
-class Engine(TaskCommands, CheckpointCommands):
+class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
     """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work.
     The task commands are in `acc.engine.task_commands`, the checkpoint commands (save, load,
-    delete, autosave, restore) in `acc.engine.snapshots`."""
+    delete, autosave, restore) in `acc.engine.snapshots`, model expansion in `acc.engine.expansion`."""
 
     def __init__(self, workspace: Workspace, store: Store, tasks: Registry,
                  config: EngineConfig | None = None, model: nn.Module | None = None,
@@ -240,6 +241,13 @@ class Engine(TaskCommands, CheckpointCommands):
         training is first saved as checkpoint "autosave before load ..." (or "fork ..."); the
         state returned names it under `autosaved`."""
         return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch, autosave=True)
+
+    def expand(self, where: str, init: str = "identity", seed: int | None = None) -> dict:
+        """Grow the model by a layer at `where` (one of `model_layers()["points"]`), initialised
+        `init` ("identity": the same function; "random": PyTorch's default). Saves the expanded model
+        as a child checkpoint and continues in a new run; returns {"state", "checkpoint",
+        "autosaved"}. ValueError (ExpansionError) for an unknown place or init: nothing changes."""
+        return self.call("expand", where=where, init=init, seed=seed)
 
     def autosave_before(self, what: str) -> dict | None:
         """Save unsaved training as checkpoint "autosave before <what>" (before something replaces
@@ -551,20 +559,21 @@ class Engine(TaskCommands, CheckpointCommands):
             self.data[name] = DataSource(stream, validation)
         return self.data[name]
 
-    def _new_run(self, name: str | None = None, **extra: Any) -> int:
-        """End the current run (if any) and open a new one, owned by this process (see `acc.engine.runs`)."""
+    def _new_run(self, name: str | None = None, ended: str | None = None, **extra: Any) -> int:
+        """End the current run (if any; as `ended`, else as `_end_run` judges) and open a new one,
+        owned by this process (see `acc.engine.runs`)."""
         if self.run_id is not None:
-            self._end_run()
+            self._end_run(ended)
         self._interrupted, self._training_s = False, 0.0
         name = name or self.config.run_name or time.strftime("run-%Y%m%d-%H%M%S")
         return self.store.create_run(name, {"engine": asdict(self.config), "model": self.model.config(),
                                             "owner": self.owner.name, **extra})
 
-    def _end_run(self) -> None:
+    def _end_run(self, status: str | None = None) -> None:
         """`stopped` if its training was cut short (stopped by hand, or replaced or closed while
-        running or paused), else `finished`."""
+        running or paused), else `finished`; or the `status` given."""
         cut = self._interrupted or self.status in ("running", "paused")
-        self.store.set_run_status(self.run_id, "stopped" if cut else "finished")
+        self.store.set_run_status(self.run_id, status or ("stopped" if cut else "finished"))
 
     def _seed_for(self, what: str) -> int:
         """A stable seed per dataset stream or task head, so runs repeat exactly."""

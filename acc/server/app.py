@@ -23,7 +23,7 @@ import acc
 from acc.engine import EngineConfig
 from acc.engine.session import Session
 from acc.server.auth import TokenAuth, check_bind, redact_tokens
-from acc.server import datasets, factoring
+from acc.server import datasets, factoring, model
 from acc.server.routes import router
 from acc.server.stream import Broadcaster
 
@@ -65,6 +65,7 @@ def create_app(open_session: Callable[[], Session], token: str | None = None) ->
     app.include_router(router)
     app.include_router(datasets.router)
     app.include_router(factoring.router)
+    app.include_router(model.router)
     if token:
         app.add_middleware(TokenAuth, token=token)
     return app

@@ -123,12 +123,44 @@ class Checkpoint(BaseModel):
     run_id: int | None
     tasks: list[dict[str, Any]] = Field(default_factory=list, description="task specs: type, name, weight, ...")
     model: dict[str, Any] = Field(default_factory=dict, description="the model's config")
+    expansion: dict[str, Any] | None = Field(None, description="a checkpoint made by expanding the model: where, "
+                                             "init, seed, params_before, params_after, from (the node it grew from)")
+
+
+class ExpansionPoint(BaseModel):
+    where: str = Field(..., description="the place, as POST /api/model/expand takes it, e.g. 'encoder:0'")
+    kind: str = Field(..., description="what would be inserted there, in words")
+    shape: list[int] = Field(..., description="the feature shape the new layer maps to itself")
+    params: int = Field(..., description="parameters the new layer adds")
+    inits: list[str]
+
+
+class Layer(BaseModel):
+    name: str
+    type: str
+    shape: list[int] | None
+    params: int
+
+
+class ModelLayers(BaseModel):
+    points: list[ExpansionPoint]
+    params: int = Field(..., description="the live model's parameter count")
+    layers: list[Layer]
+    model: dict[str, Any]
 
 
 # ---- requests ----------------------------------------------------------------------------------
 class TrainRequest(Request):
     action: Literal["start", "pause", "resume", "stop"]
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS), WHOLE_FLOAT] | None = Field(None, description="for start: steps to train (none: until stopped)")
+
+
+class ExpandRequest(Request):
+    where: str = Field(..., max_length=NAME_MAX, description="one of GET /api/model/layers' points")
+    init: Literal["identity", "random"] = Field("identity", description="identity: the expanded model computes "
+                                                "what the old one did; random: PyTorch's default initialisation")
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1), WHOLE_FLOAT] | None = Field(
+        None, description="seed of the new layer's initialisation (default: from the trainer's seed)")
 
 
 class LearningRate(Request):

@@ -140,6 +140,16 @@ class TrainerClient:
     def fork_checkpoint(self, checkpoint_id: str, name: str) -> dict:
         return self._json("POST", f"/api/checkpoints/{checkpoint_id}/fork", json={"name": name})
 
+    # ---- model expansion (M6) ------------------------------------------------------------------
+    def model_layers(self) -> dict:
+        """The live model's layers, its places to grow (`points`) and its parameter count."""
+        return self._json("GET", "/api/model/layers")
+
+    def expand_model(self, where: str, init: str = "identity", seed: int | None = None) -> dict:
+        """Grow the live model by a layer; {"state", "checkpoint" (the new node), "autosaved"}."""
+        body = {"where": where, "init": init} | ({"seed": seed} if seed is not None else {})
+        return self._json("POST", "/api/model/expand", json=body)
+
     # ---- factoring evaluation (M5) --------------------------------------------------------------
     @staticmethod
     def _checkpoint_path(checkpoint_id: str) -> str:
