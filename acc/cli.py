@@ -212,6 +212,8 @@ def trainer(
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start a new run instead of continuing the last one from its latest autosave.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of model initialisation, batches and recipes.")] = 0,
+    eval_device: Annotated[Optional[str], typer.Option(
+        help="Evaluate in a worker process on this device (e.g. cuda:1, or cpu), beside training.")] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store.
@@ -227,7 +229,7 @@ def trainer(
         raise typer.Exit(2)
     config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, seed=seed, device=device,
                           eval_every=eval_every, autosave_every_s=autosave_every, autosave_keep=autosave_keep,
-                          slow_task_s=slow_task)
+                          slow_task_s=slow_task, eval_device=eval_device)
     serve(host=host, port=port, workspace=workspace, token=token, config=config, restore=not fresh)
 
 

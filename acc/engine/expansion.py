@@ -40,6 +40,10 @@ class ExpansionCommands:
         optimizer = self._carry_optimizer(model, renamed)
         before, after = parameter_count(self.model), parameter_count(model)
 
+        # Named after the node the trainer was on, or its step when it trained past it (then that
+        # training is first kept as "autosave before expand ...", the parent of the grown model).
+        on = self.store.checkpoint(self.parent_checkpoint) if self.parent_checkpoint else None
+        base = on["name"] if on is not None and self.step == self._saved_step else f"step-{self.step}"
         autosaved = self._do_autosave_before(f"expand at {where}")
         parent = self.store.checkpoint(self.parent_checkpoint) if self.parent_checkpoint else None
         with self._lock:
@@ -47,8 +51,8 @@ class ExpansionCommands:
         self.last_eval, self.last_eval_step = {}, None
         expansion = {"where": where, "init": init, "seed": seed, "params_before": before, "params_after": after,
                      "from": parent["id"] if parent else None, "step": self.step}
-        base = parent["name"] if parent else f"step-{self.step}"
         checkpoint = self._do_save_checkpoint(f"{base} +{where} ({init})", None, {"expansion": expansion})
+        checkpoint["expansion"] = expansion
         # Training that was under way goes on, in the new run (its old one ends as finished).
         self.run_id = self._new_run(f"{self.store.run(self.run_id)['name']}+{where}", ended="finished",
                                     from_checkpoint=checkpoint["id"], expansion=expansion)

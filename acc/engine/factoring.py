@@ -16,14 +16,15 @@ import hashlib
 import json
 import shutil
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 from acc.engine.checkpoint import read_checkpoint
 from acc.engine.events import Subscribers
 from acc.engine.jobs import Job, JobManager
-from acc.eval.classifier import DigitClassifier, load_or_train
-from acc.eval.data import EvalSets, evaluation_sets
+from acc.eval.classifier import load_or_train
+from acc.eval.data import evaluation_sets
 from acc.eval.evaluator import FactoringConfig, FactoringEvaluator
 from acc.eval.figures import png_bytes
 from acc.datasets import load_mnist
@@ -40,11 +41,46 @@ def figure_file(kind: str, group: str | None) -> str:
     return f"{kind}.png" if group is None else f"{kind}-{group}.png"
 
 
-class FactoringService:
-    """Starts factoring jobs and serves their reports and figures; one per session."""
+def load_evaluator(workspace: Workspace) -> FactoringEvaluator:
+    """The workspace's evaluator: its held-out sets and fixed digit classifier (built on first use,
+    then read from `<workspace>/evals/`)."""
+    sets = evaluation_sets(workspace.evals_dir / "sets", workspace.mnist_dir)
+    train, test = load_mnist(workspace.mnist_dir, "train"), load_mnist(workspace.mnist_dir, "test")
+    classifier = load_or_train(workspace.evals_dir / "classifier", train, test, test.meta["source"])
+    return FactoringEvaluator(sets, classifier)
 
-    def __init__(self, workspace: Workspace, store: Store, jobs: JobManager, device: str = "cpu") -> None:
-        self.workspace, self.store, self.jobs, self.device = workspace, store, jobs, device
+
+def evaluate_checkpoint(row: dict, config: FactoringConfig, evaluator: FactoringEvaluator, folder: Path,
+                        device: str, progress: Callable[[float, str], None]) -> dict:
+    """Evaluate the checkpoint of store row `row` (its id, name, step, path) on `device`; its
+    figures are written to `folder` (whole or not at all: a temp folder renamed). Returns the
+    report. Used in the session's process and in the evaluation worker's."""
+    data = read_checkpoint(row["path"])  # a corrupt or missing file fails here, nothing written
+    model = build_model(data.meta["model"])
+    model.load_state_dict(data.model_state())
+    model.to(device)
+    runner = evaluator if config == evaluator.config else FactoringEvaluator(evaluator.sets, evaluator.classifier, config)
+    report, pictures = runner.evaluate(model, data.meta.get("tasks", []), progress)
+    report = {"checkpoint": row["id"], "name": row["name"], "step": row["step"], **report}
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, image in pictures.items():
+        kind, _, group = name.partition("/")
+        (tmp / figure_file(kind, group or None)).write_bytes(png_bytes(image))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return report
+
+
+class FactoringService:
+    """Starts factoring jobs and serves their reports and figures; one per session. With an
+    evaluation worker (`worker()` not None: an eval device is set), the evaluation itself runs
+    in the worker's process."""
+
+    def __init__(self, workspace: Workspace, store: Store, jobs: JobManager, device: str = "cpu",
+                 worker: Callable[[], Any] = lambda: None) -> None:
+        self.workspace, self.store, self.jobs, self.device, self.worker = workspace, store, jobs, device, worker
         self._evaluator: FactoringEvaluator | None = None
         self._lock = threading.Lock()  # one evaluator is built at a time
         self._subscribers: Subscribers[dict] = Subscribers()
@@ -105,20 +141,13 @@ class FactoringService:
 
     # ---- the work ----------------------------------------------------------------------------
     def evaluator(self, progress: Callable[[float, str], None] | None = None) -> FactoringEvaluator:
-        """The workspace's evaluator: its held-out sets and digit classifier, built once."""
+        """The workspace's evaluator (`load_evaluator`), built once per session."""
         with self._lock:
             if self._evaluator is None:
                 if progress:
-                    progress(0.0, "building the held-out sets (once per workspace)")
-                sets = evaluation_sets(self.workspace.evals_dir / "sets", self.workspace.mnist_dir)
-                if progress:
-                    progress(0.0, "training the fixed digit classifier (once per workspace)")
-                self._evaluator = FactoringEvaluator(sets, self._classifier(sets))
+                    progress(0.0, "building the held-out sets and the digit classifier (once per workspace)")
+                self._evaluator = load_evaluator(self.workspace)
             return self._evaluator
-
-    def _classifier(self, sets: EvalSets) -> DigitClassifier:
-        train, test = load_mnist(self.workspace.mnist_dir, "train"), load_mnist(self.workspace.mnist_dir, "test")
-        return load_or_train(self.workspace.evals_dir / "classifier", train, test, test.meta["source"])
 
     def key(self, row: dict, config: FactoringConfig, evaluator: FactoringEvaluator) -> str:
         meta = json.loads((Path(row["path"]) / "meta.json").read_text())
@@ -129,22 +158,14 @@ class FactoringService:
 
     def _evaluate(self, row: dict, config: FactoringConfig, evaluator: FactoringEvaluator, key: str,
                   progress: Callable[[float, str], None]) -> dict:
-        data = read_checkpoint(row["path"])  # a corrupt or missing file fails here, nothing stored
-        model = build_model(data.meta["model"])
-        model.load_state_dict(data.model_state())
-        model.to(self.device)
-        runner = evaluator if config == evaluator.config else FactoringEvaluator(evaluator.sets, evaluator.classifier, config)
-        report, pictures = runner.evaluate(model, data.meta.get("tasks", []), progress)
-        report = {"checkpoint": row["id"], "name": row["name"], "step": row["step"], **report}
         folder = self._folder(row["id"], key)
-        tmp = folder.with_name(f".tmp-{key}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, image in pictures.items():
-            kind, _, group = name.partition("/")
-            (tmp / figure_file(kind, group or None)).write_bytes(png_bytes(image))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        worker = self.worker()
+        if worker is not None:
+            request = {"row": {k: row[k] for k in ("id", "name", "step", "path")}, "config": asdict(config),
+                       "folder": str(folder)}
+            report = worker.factoring(request, progress).result()
+        else:
+            report = evaluate_checkpoint(row, config, evaluator, folder, self.device, progress)
         self.store.put_factoring(row["id"], key, report)
         return report
 

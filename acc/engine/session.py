@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acc.engine.datasets import DatasetCatalog
+from acc.engine.devices import DeviceManager
 from acc.engine.factoring import FactoringService
 from acc.engine.jobs import JobManager
 from acc.engine.trainer import Engine, EngineConfig
@@ -32,6 +33,7 @@ class Session:
     jobs: JobManager
     datasets: DatasetCatalog
     factoring: FactoringService
+    devices: DeviceManager
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
@@ -46,12 +48,14 @@ class Session:
             registry.start() if watch else registry.scan()
         engine, jobs = Engine(ws, store, registries[0], config, restore=restore), JobManager()
         return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]),
-                   FactoringService(ws, store, jobs, str(engine.device)))
+                   FactoringService(ws, store, jobs, str(engine.device), worker=lambda: engine.eval_worker),
+                   DeviceManager())
 
     def close(self) -> None:
         for job in self.jobs.list():  # a running recipe stops at its next chunk of steps
             job.cancel.set()
         self.engine.close()
+        self.devices.close()
         for registry in (self.tasks, self.generators, self.recipes):
             registry.stop()
         self.store.close()

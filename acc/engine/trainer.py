@@ -13,10 +13,8 @@ import hashlib
 import logging
 import math
 import shutil
-import sysconfig
 import threading
 import time
-import traceback
 import zlib
 from collections import deque
 from concurrent.futures import Future
@@ -31,6 +29,9 @@ from acc.datasets import BatchStream, Dataset, load_dataset
 from acc.engine.autosave import Autosaver
 from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue
+from acc.engine.device_commands import DeviceCommands
+from acc.engine.errors import error_text, user_frame  # noqa: F401  (re-exported: jobs, datasets, cli)
+from acc.engine.evaluation import evaluate_tasks, spread
 from acc.engine.events import Subscribers
 from acc.engine.expansion import ExpansionCommands
 from acc.engine.runs import OwnerLock, mark_crashed
@@ -65,6 +66,7 @@ class EngineConfig:
     autosave_every_s: float = 300.0  # seconds of training between autosaves; 0 = never
     autosave_keep: int = 3  # autosaves kept in the workspace, newest first
     slow_task_s: float = 1.0  # a task whose loss() takes longer per step is flagged as slow
+    eval_device: str | None = None  # evaluate in a worker process there, beside training (None: in the loop)
 
 
 @dataclass
@@ -79,38 +81,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Frames in these are not where a researcher's mistake is: Python's and installed libraries' (torch),
-# and ACC's own machinery. What is left is their task, generator, recipe or model file.
-_NOT_USER_CODE = tuple(dict.fromkeys([
-    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-    *(str(Path(__file__).resolve().parent.parent / part) for part in ("engine", "store", "server", "registry.py")),
-]))
-
-
-def user_frame(e: BaseException) -> traceback.FrameSummary | None:
-    """The deepest frame of `e`'s traceback in the user's code, else the deepest frame."""
-    frames = traceback.extract_tb(e.__traceback__)
-    for frame in reversed(frames):
-        if not frame.filename.startswith(_NOT_USER_CODE) and not frame.filename.startswith("<"):
-            return frame
-    return frames[-1] if frames else None
-
-
-def error_text(e: BaseException) -> str:
-    """`Type: message (file:line)` for an error shown to a researcher, the line being the deepest
-    one in their own code (not inside torch or the engine), then the exception's notes (e.g. the
-    line of the recipe that asked for what failed)."""
-    frame = user_frame(e)
-    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
-    return "\n".join([f"{type(e).__name__}: {e}{where}", *getattr(e, "__notes__", ())])
-
-
-def spread(n: int, total: int) -> torch.Tensor:
-    """`n` indices evenly spread over `total`: a fixed subset that covers a dataset stored in
-    class order (the bundled 5k digits are) instead of its first class only."""
-    return torch.linspace(0, total - 1, n).round().long()
-
-
 def _fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -119,20 +89,11 @@ def _fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _cat_outputs(parts: list[Any]) -> Any:
-    """Concatenate per-batch model outputs (tensors, nested dicts) along the batch dimension."""
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(parts) if first.dim() > 0 else first
-    if isinstance(first, dict):
-        return {k: _cat_outputs([p[k] for p in parts]) for k in first}
-    return first
-
-
-class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
+class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands):
     """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work.
     The task commands are in `acc.engine.task_commands`, the checkpoint commands (save, load,
-    delete, autosave, restore) in `acc.engine.snapshots`, model expansion in `acc.engine.expansion`."""
+    delete, autosave, restore) in `acc.engine.snapshots`, model expansion in `acc.engine.expansion`,
+    device roles and evaluation beside training in `acc.engine.device_commands`."""
 
     def __init__(self, workspace: Workspace, store: Store, tasks: Registry,
                  config: EngineConfig | None = None, model: nn.Module | None = None,
@@ -175,6 +136,8 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
         self.restored_from = self._restore() if restore else None
         if self.run_id is None:
             self.run_id = self._new_run()
+        if self.config.eval_device:
+            self._do_set_eval_device(self.config.eval_device)
         self._unsubscribe_registry = tasks.subscribe(lambda change: self._commands.submit("refresh_stale"))
         self._thread = threading.Thread(target=self._loop, name="acc-engine", daemon=True)
         self._thread.start()
@@ -227,9 +190,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
         self.start(steps).result(timeout)
         return self.state()
 
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        return self.call("evaluate")
-
     def save_checkpoint(self, name: str | None = None, branch: str | None = None, extra: dict | None = None) -> dict:
         """Save a checkpoint; `branch` names its line in the tree (default: the run's name),
         `extra` is kept in its meta (recipes record themselves there)."""
@@ -279,6 +239,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
         self._commands.submit("close")
         self._closing = True
         self._thread.join(timeout)
+        self._close_eval_worker()
         self._unsubscribe_registry()
         self.autosaver.wait()
         self.store.flush()
@@ -469,7 +430,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
         self._record(metrics)
 
         if self.config.eval_every and self.step % self.config.eval_every == 0:
-            self._evaluate()
+            self._periodic_eval()
         self._training_s += time.perf_counter() - started
         if self.config.autosave_every_s and self._training_s >= self.config.autosave_every_s:
             self._training_s = 0.0
@@ -492,35 +453,23 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands):
         self.store.log_metrics(self.run_id, self.step, metrics)
         self._publish({"type": "metrics", "step": self.step, "values": metrics})
 
-    @torch.no_grad()
     def _evaluate(self) -> dict[str, dict[str, float]]:
-        results: dict[str, dict[str, float]] = {}
-        groups: dict[str, list[ActiveTask]] = {}
+        groups: dict[str, tuple[Dataset, list]] = {}
         for active in self._enabled_tasks():
-            groups.setdefault(active.task.dataset, []).append(active)
-        self.model.eval()
-        try:
-            for dataset, members in groups.items():
-                validation = self.data[dataset].validation
-                index = spread(min(len(validation), self.config.eval_samples), len(validation))
-                batch = validation.batch(index, self.device)
-                size = self.config.batch_size
-                out = _cat_outputs([self.model(batch["image"][i:i + size])
-                                    for i in range(0, len(batch["image"]), size)])
-                for active in members:
-                    try:
-                        values = {"loss": float(active.task.loss(out, batch)), **active.task.metrics(out, batch)}
-                        results[active.task.name] = {k: float(v) for k, v in values.items() if math.isfinite(v)}
-                    except Exception as e:
-                        self._disable(active, f"during evaluation: {error_text(e)}")
-        finally:
-            self.model.train()
-        self.last_eval, self.last_eval_step = results, self.step
+            groups.setdefault(active.task.dataset, (self.data[active.task.dataset].validation, []))[1].append(active.task)
+        results, errors = evaluate_tasks(self.model, groups, self.config.eval_samples, self.config.batch_size, self.device)
+        for name, error in errors.items():
+            self._disable(self.tasks[name], f"during evaluation: {error}")
+        return self._record_eval(self.step, self.run_id, results)
+
+    def _record_eval(self, step: int, run_id: int, results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """An evaluation's results into the store and onto the stream, at the step it evaluated."""
+        self.last_eval, self.last_eval_step = results, step
         flat = {f"eval/{task}/{k}": v for task, values in results.items() for k, v in values.items()}
         if flat:
-            self.store.log_metrics(self.run_id, self.step, flat)
-        self.store.log_eval(self.run_id, self.step, results)
-        self._publish({"type": "eval", "step": self.step, "results": results})
+            self.store.log_metrics(run_id, step, flat)
+        self.store.log_eval(run_id, step, results)
+        self._publish({"type": "eval", "step": step, "results": results})
         return results
 
     # ---- helpers -----------------------------------------------------------------------------

@@ -88,8 +88,10 @@ def block_points(channels: int, encoder_blocks: int, decoder_blocks: int) -> lis
     points = []
     for side, count in (("encoder", encoder_blocks), ("decoder", decoder_blocks)):
         for k in range(count + 1):
-            kind = (f"residual conv block (3x3, {channels} ch) at 7x7 in the {side}, "
-                    f"position {k} of {count} (becomes block {k + 1} of {count + 1})")
+            where = (f"the {side}'s first" if count == 0 else
+                     f"block {k + 1} of {count + 1} in the {side} (before the {side}'s block {k + 1})" if k < count else
+                     f"block {k + 1} of {count + 1} in the {side} (after the last)")
+            kind = f"residual conv block (3x3, {channels} ch) at 7x7: {where}"
             points.append({"where": f"{side}:{k}", "kind": kind, "shape": [channels, 7, 7],
                            "params": block_params(channels), "inits": ["identity", "random"]})
     return points

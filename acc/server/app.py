@@ -23,7 +23,7 @@ import acc
 from acc.engine import EngineConfig
 from acc.engine.session import Session
 from acc.server.auth import TokenAuth, check_bind, redact_tokens
-from acc.server import datasets, factoring, model
+from acc.server import datasets, devices, factoring, model
 from acc.server.routes import router
 from acc.server.stream import Broadcaster
 
@@ -66,6 +66,7 @@ def create_app(open_session: Callable[[], Session], token: str | None = None) ->
     app.include_router(datasets.router)
     app.include_router(factoring.router)
     app.include_router(model.router)
+    app.include_router(devices.router)
     if token:
         app.add_middleware(TokenAuth, token=token)
     return app

@@ -124,7 +124,7 @@ class Checkpoint(BaseModel):
     tasks: list[dict[str, Any]] = Field(default_factory=list, description="task specs: type, name, weight, ...")
     model: dict[str, Any] = Field(default_factory=dict, description="the model's config")
     expansion: dict[str, Any] | None = Field(None, description="a checkpoint made by expanding the model: where, "
-                                             "init, seed, params_before, params_after, from (the node it grew from)")
+                                             "init, seed, params_before, params_after, from (the node it grew from), step")
 
 
 class ExpansionPoint(BaseModel):
@@ -138,7 +138,7 @@ class ExpansionPoint(BaseModel):
 class Layer(BaseModel):
     name: str
     type: str
-    shape: list[int] | None
+    shape: list[int] | None = Field(None, description="a layer's output shape (one item); a bare parameter's own shape")
     params: int
 
 
@@ -147,6 +147,26 @@ class ModelLayers(BaseModel):
     params: int = Field(..., description="the live model's parameter count")
     layers: list[Layer]
     model: dict[str, Any]
+
+
+class Device(BaseModel):
+    name: str = Field(..., description="cpu, cuda:0, ...")
+    kind: Literal["cpu", "cuda"]
+    description: str
+    memory_total: int | None = Field(None, description="bytes")
+    memory_used: int | None = Field(None, description="bytes")
+    utilization: float | None = Field(None, description="percent; null where it cannot be read")
+
+
+class Devices(BaseModel):
+    devices: list[Device]
+    train: str = Field(..., description="the device training runs on")
+    eval: str | None = Field(None, description="the device of the evaluation worker; null: evaluations run "
+                             "on the training thread")
+    mode: Literal["single", "ddp"]
+    ranks: int
+    eval_worker: dict[str, Any] | None = Field(None, description="alive, restarts")
+    source: str = Field(..., description="where GPU figures come from: nvml, torch (no utilisation), none")
 
 
 # ---- requests ----------------------------------------------------------------------------------
@@ -161,6 +181,14 @@ class ExpandRequest(Request):
                                                 "what the old one did; random: PyTorch's default initialisation")
     seed: Annotated[int, Field(ge=0, le=2**31 - 1), WHOLE_FLOAT] | None = Field(
         None, description="seed of the new layer's initialisation (default: from the trainer's seed)")
+
+
+class DevicesUpdate(Request):
+    train: str | None = Field(None, max_length=NAME_MAX, description="move training there at the next step")
+    eval: str | None = Field(None, max_length=NAME_MAX, description="evaluate in a worker process there; "
+                             "null (given explicitly) evaluates on the training thread again")
+    mode: Literal["single", "ddp"] | None = None
+    ranks: Annotated[int, Field(ge=1, le=1024), WHOLE_FLOAT] | None = None
 
 
 class LearningRate(Request):

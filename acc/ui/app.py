@@ -13,7 +13,8 @@ changes to the [+ Task] and [+ Dataset] dialogs, the recipes and the errors pane
 recipes and the datasets, checkpoint and factoring events to the checkpoint tree. After a (re)connection, or when
 the trainer starts a new run, the page fetches everything again from the API, so what it shows
 always comes from the trainer's store, across page reloads and trainer restarts (earlier runs: the
-run picker above the curves).
+run picker above the curves). The model panel grows the model (`acc.ui.expand_dialog`); the
+charts mark where the model grew along the shown run's lineage.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory, registe
 from acc.ui.compare_page import ComparePage
 from acc.ui.datasets import DatasetsPanel
 from acc.ui.eval_page import EvalPage
+from acc.ui.expand_dialog import ModelPanel, expansion_markers
 from acc.ui.factoring import FigureRoute
 from acc.ui.link import Link, metric_points
 from acc.ui.login import install_login, session_middleware_kwargs, storage_secret
@@ -57,6 +59,7 @@ class Dashboard:
         self.cursor = 0
         self.run_id: int | None = None
         self.state: dict[str, Any] | None = None
+        self._runs: list[dict[str, Any]] = []  # GET /api/runs, as of the last reload
         self._retry_at = 0.0
         self._build()
         self._first_load = None
@@ -79,6 +82,8 @@ class Dashboard:
                 with ui.card().classes("full-width"):
                     self.datasets = DatasetsPanel(self.link)
             with ui.column().classes("acc-side"):
+                with ui.card().classes("full-width q-py-sm"):
+                    self.model = ModelPanel(self.link)
                 self.tasks = TasksPanel(self.link)
                 with ui.card().classes("full-width"):
                     self.recon = ReconstructionPanel(self.link)
@@ -116,6 +121,7 @@ class Dashboard:
     async def _refresh_runs(self) -> None:
         runs = await fetch(self.link.client.runs)
         if runs is not None:
+            self._runs = runs
             live = self.link.state["run_id"] if self.link.state else None
             labels = {run["id"]: f"{run['id']} · {run['name']}" + (" (live)" if run["id"] == live else "")
                       for run in runs}
@@ -126,7 +132,14 @@ class Dashboard:
         run = None if event.value in (None, live) else event.value  # None: the trainer's run, live
         if run != self.charts.run:
             self.charts.run = run
+            self._show_markers()
             await self.charts.load()
+
+    def _show_markers(self) -> None:
+        """Mark on the charts where the model grew, along the lineage of the run they show."""
+        live = self.link.state["run_id"] if self.link.state else None
+        self.charts.set_markers(expansion_markers(self._runs, list(self.checkpoints.rows.values()),
+                                                  self.charts.run or live))
 
     # ---- keeping up with the trainer -------------------------------------------------------------
     async def tick(self) -> None:
@@ -157,7 +170,9 @@ class Dashboard:
             self._show_state()
             await asyncio.gather(self.charts.load(), self.evals.load(), self.checkpoints.load_all(),
                                  self.recipes.load(), self.datasets.load(), self._refresh_runs(),
-                                 self.recon.refresh(), *map(self._refresh_registry, REGISTRY_KINDS))
+                                 self.recon.refresh(), self.model.load(),
+                                 *map(self._refresh_registry, REGISTRY_KINDS))
+            self._show_markers()  # from the runs and checkpoints just fetched
         except Exception:  # never let one bad answer take the page down; try again shortly
             log.exception("dashboard reload failed")
             self._retry_at = time.monotonic() + 2

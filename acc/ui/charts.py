@@ -9,7 +9,8 @@ websocket: the points of one flush, thinned to their min, max and last per key, 
 in ONE `append`, which the browser answers once it has taken them, so a slow tab gets bigger
 batches rather than a growing backlog. Smoothing and the log scale are applied in the browser:
 moving the slider redraws at once and sends nothing. A live series that grows past `RELOAD_AT`
-points is fetched again, downsampled.
+points is fetched again, downsampled. Every chart marks the steps where the model was expanded
+(`set_markers`): a dashed vertical line with a small label, drawn by a uPlot draw hook.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ STATIC_URL = "/_acc/static/1"  # the number changes with what is in it, so brows
 # are a few measurements, each already an average over the validation set, and an EMA over a
 # handful of sparse points lags and bends the line away from the values actually measured. A
 # chart whose points all sit at one step (a first evaluation) gets an x range around that step,
-# where uPlot would span 0 to twice the step.
+# where uPlot would span 0 to twice the step. Markers (`setMarkers`) are the page's, shared by all
+# charts (a chart made later draws them too); each chart records the steps it drew them at.
 CHARTS_JS = """
 <link rel="stylesheet" href="%(static)s/uPlot.min.css">
 <script defer src="%(static)s/uPlot.iife.min.js"></script>
@@ -53,6 +55,7 @@ CHARTS_JS = """
 window.accCharts = {
   smoothing: %(smoothing)s,
   log: false,
+  markers: [],  // [{step, label}]: where the model grew, a dashed line on every chart
   pending: new Map(),
   onScreen: new IntersectionObserver((entries) => {
     for (const entry of entries) {
@@ -137,6 +140,7 @@ window.accCharts = {
       axes: [{font, size: 30},  // four significant digits: a learning rate of 0.0015 is not "0.002"
              {font, size: 56, space: 24, values: (u, ticks) => ticks.map((v) => v == null ? "" : String(+v.toPrecision(4)))}],
       cursor: {drag: {x: true, y: false}},
+      hooks: {draw: [(u) => this.drawMarkers(u, node)]},
       series: sparse ? [{label: "step"}, line("value", "#1565c0", 2)]
                      : [{label: "step"},
                         line("raw", () => this.smoothing ? "rgba(100, 181, 246, 0.45)" : "#64b5f6", 1),
@@ -179,6 +183,28 @@ window.accCharts = {
     }
     if (oneStep) s.plot.setScale("x", this.pointRange(steps[0]));
   },
+  drawMarkers(u, node) {  // after uPlot drew the series: on its canvas, clipped to the plot area
+    const {left, top, width, height} = u.bbox, px = uPlot.pxRatio || 1, ctx = u.ctx, drawn = [];
+    ctx.save();
+    ctx.beginPath(); ctx.rect(left, top, width, height); ctx.clip();
+    ctx.strokeStyle = ctx.fillStyle = "#e65100";
+    ctx.lineWidth = px; ctx.setLineDash([4 * px, 3 * px]);
+    ctx.font = `${10 * px}px Roboto, sans-serif`; ctx.textBaseline = "top";
+    this.markers.forEach((m, i) => {
+      const x = Math.round(u.valToPos(m.step, "x", true));
+      if (!(x >= left && x <= left + width)) return;  // outside the steps shown (zoomed, or not reached)
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+      const w = ctx.measureText(m.label).width, y = top + (2 + 12 * (i %% 3)) * px;  // neighbours stagger
+      ctx.fillText(m.label, x + 3 * px + w > left + width ? x - 3 * px - w : x + 3 * px, y);
+      drawn.push(m.step);
+    });
+    ctx.restore();
+    node.acc.markersDrawn = drawn;
+  },
+  setMarkers(markers) {
+    this.markers = markers;
+    for (const node of this.charts()) if (node.acc.plot) this.drawOrDefer(node);
+  },
   drawOrDefer(node) {
     if (node.acc.visible === false) node.acc.stale = true;
     else this.draw(node);  // on screen, or not known yet (just mounted)
@@ -200,7 +226,8 @@ window.accCharts = {
       out[node.dataset.key] = {points: raw.length, drawn: node.acc.drawn || 0,
                                firstStep: raw.length ? raw[0][0] : null,
                                lastStep: raw.length ? raw[raw.length - 1][0] : null,
-                               smoothed: node.acc.smooth.length > 0};
+                               smoothed: node.acc.smooth.length > 0,
+                               markers: this.markers.map((m) => ({...m})), markersDrawn: node.acc.markersDrawn || []};
     }
     return out;
   },
@@ -332,6 +359,7 @@ class ChartGrid:
         self.run: int | None = None  # the run shown: None for the trainer's current one, live
         self.first: FirstHistory | None = None  # set by the page while the browser may fetch the first history
         self._pending: dict[str, Points] = {}
+        self.markers: list[dict] = []  # as last sent
         with sections["loss"]:
             self.empty = ui.label("No curves in this run yet: add a task and press Start, or pick an earlier run.")
             self.empty.classes("text-grey-7")
@@ -367,6 +395,12 @@ class ChartGrid:
             return
         if batches:  # not awaited: before the browser connects, this waits for it in NiceGUI's outbox
             self.client.run_javascript(f"accCharts.set({_json(batches)}, {json.dumps(keep_newer)})")
+
+    def set_markers(self, markers: list[dict]) -> None:
+        """Mark these steps on every chart: `[{"step", "label"}]` (where the model grew)."""
+        if markers != self.markers:
+            self.markers = list(markers)
+            self.client.run_javascript(f"accCharts.setMarkers({json.dumps(self.markers)})")
 
     def add(self, step: int, values: dict[str, float]) -> None:
         """Queue one step's values of the live run; sent with the next `flush`."""

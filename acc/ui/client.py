@@ -140,6 +140,15 @@ class TrainerClient:
     def fork_checkpoint(self, checkpoint_id: str, name: str) -> dict:
         return self._json("POST", f"/api/checkpoints/{checkpoint_id}/fork", json={"name": name})
 
+    # ---- devices (M4) ------------------------------------------------------------------------------
+    def devices(self) -> dict:
+        """The machine's devices (memory, utilisation) and the roles: train, eval, mode, ranks."""
+        return self._json("GET", "/api/devices")
+
+    def set_devices(self, **roles: Any) -> dict:
+        """`train="cuda:0"`, `eval="cuda:1"` (or `eval=None`: evaluate on the training thread)."""
+        return self._json("PUT", "/api/devices", json=roles)
+
     # ---- model expansion (M6) ------------------------------------------------------------------
     def model_layers(self) -> dict:
         """The live model's layers, its places to grow (`points`) and its parameter count."""

@@ -37,6 +37,15 @@ def key_metrics(metrics: dict[str, float | None]) -> str:
     return "  ".join(f"{k.removeprefix('eval/')}={metrics[k]:.4g}" for k in ranked[:KEY_METRICS])
 
 
+def grown_caption(expansion: dict[str, Any] | None) -> str:
+    """What an expansion node's caption says of it: `grown at slots:1 (identity) 28,073 → 30,185 params`."""
+    if not expansion:
+        return ""
+    counts = (f" {expansion['params_before']:,} → {expansion['params_after']:,} params"
+              if {"params_before", "params_after"} <= set(expansion) else "")
+    return f"grown at {expansion.get('where', '?')} ({expansion.get('init', '?')}){counts}"
+
+
 def eval_fields(state: dict[str, Any] | None) -> dict[str, Any]:
     """What a node shows of its factoring evaluation: `ufr` (text, or None before the first
     report), `running` with `progress` and `stage`, `failed` with the error."""
@@ -56,7 +65,9 @@ def tree_nodes(rows: list[dict[str, Any]], current: str | None = None,
     the factoring state of each checkpoint (see `eval_fields`)."""
     evals = evals or {}
     nodes = {row["id"]: {"id": row["id"], "label": f"{row['name']} · step {row['step']:,}",
-                         "caption": " · ".join(filter(None, [row.get("branch") or "", key_metrics(row["metrics"])])),
+                         "caption": " · ".join(filter(None, [row.get("branch") or "",
+                                                             grown_caption(row.get("expansion")),
+                                                             key_metrics(row["metrics"])])),
                          "current": row["id"] == current, "eval_url": eval_url(row["id"]),
                          **eval_fields(evals.get(row["id"])), "children": []} for row in rows}
     roots = []

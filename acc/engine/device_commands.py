@@ -1,0 +1,118 @@
+"""The engine's device roles (M4): which device trains, and which one evaluates beside it.
+
+A mixin of `Engine` (acc/engine/trainer.py). Moving training to another device is a command, so
+it happens at a step boundary: the model, the task heads, Adam's state and the batch streams'
+data move together. Setting an eval device starts an evaluation worker there
+(`acc.engine.eval_worker`): from then on periodic evaluations, [Eval] and factoring jobs run in
+that process on snapshots of the weights, and training never waits for them. Without one,
+evaluations run on the training thread as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import torch
+from safetensors.torch import save
+
+from acc.engine.devices import check_device
+from acc.engine.eval_worker import EvalWorker
+
+EVAL_TIMEOUT_S = 600
+
+
+class DeviceCommands:
+    """Device roles; see the module docstring."""
+
+    eval_worker: EvalWorker | None = None
+
+    # ---- public, thread-safe ---------------------------------------------------------------------
+    def roles(self) -> dict:
+        worker = self.eval_worker
+        return {"train": str(self.device), "eval": worker.device if worker else None, "mode": "single", "ranks": 1,
+                "eval_worker": {"alive": worker.alive, "restarts": worker.restarts} if worker else None}
+
+    def set_train_device(self, device: str) -> dict:
+        return self.call("set_train_device", device=device)
+
+    def set_eval_device(self, device: str | None) -> dict:
+        """Evaluate in a worker process on `device` from now on (None: on the training thread)."""
+        return self.call("set_eval_device", device=device)
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Evaluate every enabled task on its validation data now; returns {task: {metric: value}}.
+        With an eval device, a snapshot is evaluated in the worker while training goes on."""
+        if self.eval_worker is None:
+            return self.call("evaluate")
+        return self.call("evaluate_beside").result(EVAL_TIMEOUT_S)["results"]
+
+    # ---- commands ----------------------------------------------------------------------------
+    def _do_set_train_device(self, device: str) -> dict:
+        target = torch.device(check_device(device))
+        self.model.to(target)
+        for active in self.tasks.values():
+            if active.task.head is not None:
+                active.task.head.to(target)
+        for state in self.optimizer.state.values():  # scalars (Adam's step) stay on the CPU, as torch keeps them
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value.to(target)
+        for source in self.data.values():  # the same stream, its data moved: batches go on where they were
+            source.stream.data, source.stream.device = source.stream.data.to(target), target
+        self.device = target
+        self._event("devices", f"training moved to {target}", train=str(target))
+        return self.roles()
+
+    def _do_set_eval_device(self, device: str | None) -> dict:
+        old = self.eval_worker
+        device = check_device(device) if device is not None else None
+        if device is not None:
+            settings = {k: getattr(self.config, k) for k in ("val_fraction", "seed", "eval_samples", "batch_size")}
+            self.eval_worker = EvalWorker(device, self.workspace.root, settings)
+        else:
+            self.eval_worker = None
+        if old is not None:  # its process may take a moment to stop: not on the training thread
+            threading.Thread(target=old.close, name="acc-eval-worker-close", daemon=True).start()
+        self._event("devices", f"evaluation {'on ' + device + ' beside training' if device else 'on the training thread'}",
+                    eval=device)
+        return self.roles()
+
+    def _do_evaluate_beside(self) -> Future:
+        """Hand a snapshot to the worker; its result is recorded (at the snapshot's step) when it comes."""
+        future = self.eval_worker.evaluate(self._eval_snapshot())
+        future.add_done_callback(lambda done: self._commands.submit("eval_result", done=done))
+        return future
+
+    def _do_eval_result(self, done: Future) -> None:
+        if done.exception() is not None:
+            self._emit_error(None, f"evaluation beside training failed: {done.exception()}")
+            return
+        result = done.result()
+        for name, error in result["errors"].items():
+            if name in self.tasks and self.tasks[name].enabled:
+                self._disable(self.tasks[name], f"during evaluation (step {result['step']}): {error}")
+        self._record_eval(result["step"], result["run_id"], result["results"])
+
+    def _periodic_eval(self) -> None:
+        if self.eval_worker is not None:
+            self._do_evaluate_beside()
+        else:
+            self._evaluate()
+
+    def _close_eval_worker(self) -> None:
+        worker, self.eval_worker = self.eval_worker, None
+        if worker is not None:
+            worker.close()
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _eval_snapshot(self) -> dict:
+        """The weights as CPU safetensors bytes and the enabled tasks as specs: plain data (a copy,
+        so training may go on at once; about a millisecond for the built-in models)."""
+        def pack(module: torch.nn.Module) -> bytes:
+            return save({k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()})
+
+        tasks = [{**t.task.spec(), "head": pack(t.task.head) if t.task.head is not None else None}
+                 for t in self._enabled_tasks()]
+        return {"step": self.step, "run_id": self.run_id, "model": self.model.config(),
+                "weights": pack(self.model), "tasks": tasks}

@@ -1,0 +1,163 @@
+"""Devices and evaluation beside training (M4, mode 1): the device list, role changes and bad
+input, the worker's mailbox (the newest snapshot wins; handing one over never waits), a worker
+that dies, and training that keeps making steps while an evaluation runs in the worker."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import torch
+
+from acc.engine.device_commands import EVAL_TIMEOUT_S
+from acc.engine.devices import DeviceManager, check_device
+from acc.engine.eval_worker import EvalWorker, EvalWorkerError
+from acc.engine.session import Session
+from acc.ui.client import TrainerClient
+from tests.conftest import write_user_tasks
+
+# A task whose evaluation takes a while (a slow metric), and one that kills the process that
+# evaluates it while a marker file exists: the worker, never the training thread (eval_every=0).
+SLOW_TASKS = '''
+import multiprocessing, os, time
+from pathlib import Path
+import torch.nn.functional as F
+from acc.tasks.base import Task
+
+class SlowEvalTask(Task):
+    """Mean brightness regression, with a metric that takes two seconds."""
+    def loss(self, out, batch):
+        return F.mse_loss(self.head(self.features(out)).squeeze(-1), batch["image"].mean(dim=(1, 2, 3)))
+
+    def metrics(self, out, batch):
+        time.sleep(2.0)  # the workload: an evaluation that takes seconds
+        return {"brightness_mse": float(self.loss(out, batch))}
+
+
+class CrashingEvalTask(SlowEvalTask):
+    """Kills its evaluation worker once (the marker file says when)."""
+    def metrics(self, out, batch):
+        marker = Path(os.environ["ACC_TEST_CRASH_MARKER"])
+        if multiprocessing.current_process().name.startswith("acc-eval") and marker.exists():
+            marker.unlink()
+            os._exit(3)
+        return {"brightness_mse": float(self.loss(out, batch))}
+'''
+
+
+def test_the_device_list_describes_the_cpu_with_and_without_nvml():
+    for nvml in (True, False):
+        manager = DeviceManager(poll_s=0.05, nvml=nvml)
+        try:
+            devices = manager.list()
+            cpu = devices[0]
+            assert cpu["name"] == "cpu" and cpu["kind"] == "cpu"
+            assert 0 < cpu["memory_used"] < cpu["memory_total"] and 0 <= cpu["utilization"] <= 100
+            assert len(devices) == 1 + (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+            assert manager.source in ("nvml", "torch", "none")
+        finally:
+            manager.close()
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="devices: cpu"):
+        check_device("cuda:7" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(ValueError):
+        check_device("tpu")
+
+
+@pytest.fixture
+def slow_session(workspace, tiny_config, monkeypatch, tmp_path):
+    write_user_tasks(workspace, {"slow_tasks.py": SLOW_TASKS})
+    monkeypatch.setenv("ACC_TEST_CRASH_MARKER", str(tmp_path / "crash-once"))
+    tiny_config.eval_device = "cpu"
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        yield session
+
+
+def test_training_goes_on_while_the_worker_evaluates(slow_session):
+    engine = slow_session.engine
+    engine.add_task("ReconstructionTask")
+    engine.add_task("SlowEvalTask", name="slow")
+    assert engine.roles()["eval"] == "cpu" and engine.roles()["eval_worker"]["alive"]
+    engine.start(None)
+    try:
+        results = engine.evaluate()  # waits here for the worker; training does not
+        after = engine.step
+    finally:
+        engine.stop()
+    assert "brightness_mse" in results["slow"] and "mse" in results["reconstruction_task"]
+    slow_session.store.flush()
+    recorded = slow_session.store.evals(engine.run_id)[0]
+    assert recorded["results"] == results
+    # The result carries the step of its snapshot, and training went on for the 2 s it took.
+    assert recorded["step"] + 5 <= after, (recorded["step"], after)
+
+
+def test_the_newest_snapshot_wins_and_handing_one_over_never_waits(slow_session):
+    engine = slow_session.engine
+    engine.add_task("SlowEvalTask", name="slow")
+    worker = engine.eval_worker
+    first = worker.evaluate(engine._eval_snapshot())  # starts at once, takes 2 s
+    engine.train(2, timeout=60)
+    second = worker.evaluate(engine._eval_snapshot())  # waits in the mailbox...
+    engine.train(2, timeout=60)
+    third = worker.evaluate(engine._eval_snapshot())  # ...and is replaced by this one
+    assert not second.done() and not third.done()  # handed over, nothing waited for
+    assert first.result(EVAL_TIMEOUT_S)["step"] == 0
+    assert third.result(EVAL_TIMEOUT_S)["step"] == 4
+    assert second.result(EVAL_TIMEOUT_S) == third.result()  # the replaced one's waiter got the newer result
+
+
+def test_a_worker_that_dies_is_restarted_and_training_goes_on(slow_session, tmp_path):
+    engine = slow_session.engine
+    engine.add_task("ReconstructionTask")
+    engine.add_task("CrashingEvalTask", name="crashing")
+    (tmp_path / "crash-once").touch()
+    with pytest.raises(EvalWorkerError, match="died .*restarted"):
+        engine.evaluate()
+    assert engine.eval_worker.restarts == 1
+    engine.train(5, timeout=60)  # the engine never noticed
+    results = engine.evaluate()  # the restarted worker answers (the marker is gone)
+    assert "brightness_mse" in results["crashing"]
+
+
+def test_a_worker_error_is_an_error_not_a_crash(workspace, tiny_config):
+    worker = EvalWorker("cpu", workspace.root, {"val_fraction": 0.1, "seed": 0, "eval_samples": 32, "batch_size": 32})
+    try:
+        bad = worker.evaluate({"step": 1, "run_id": 1, "model": {"name": "nope"}, "weights": b"", "tasks": []})
+        with pytest.raises(EvalWorkerError, match="unknown model"):
+            bad.result(EVAL_TIMEOUT_S)
+        assert worker.alive and worker.restarts == 0
+    finally:
+        worker.close()
+
+
+def test_factoring_jobs_run_in_the_worker(slow_session):
+    engine = slow_session.engine
+    engine.add_task("ReconstructionTask")
+    engine.train(3, timeout=60)
+    checkpoint = engine.save_checkpoint("tiny")
+    job = slow_session.factoring.start(checkpoint["id"])
+    slow_session.jobs.wait(job.id, timeout=EVAL_TIMEOUT_S)
+    assert job.status == "done", job.error
+    report = slow_session.factoring.report(checkpoint["id"])
+    assert report["step"] == 3 and report["traversal"]
+    assert slow_session.factoring.figure(checkpoint["id"], "traversal", "thickness").is_file()
+
+
+# ---- the API ------------------------------------------------------------------------------------
+def test_devices_over_http(live_trainer):
+    with TrainerClient(live_trainer.base_url) as client:
+        listing = client.devices()
+        assert listing["train"] == "cpu" and listing["eval"] is None and listing["mode"] == "single"
+        assert listing["devices"][0]["name"] == "cpu"
+        on = client.set_devices(eval="cpu")
+        assert on["eval"] == "cpu" and on["eval_worker"]["alive"]
+        assert client.set_devices(train="cpu")["train"] == "cpu"
+        off = client.set_devices(eval=None)
+        assert off["eval"] is None
+    before = httpx.get(f"{live_trainer.base_url}/api/devices").json()
+    for body in ({"train": "cuda:9"}, {"eval": "tpu:0"}, {"mode": "ddp"}, {"ranks": 2}, {"train": 3}, {"gpu": "cpu"}):
+        response = httpx.put(f"{live_trainer.base_url}/api/devices", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["detail"]
+    after = httpx.get(f"{live_trainer.base_url}/api/devices").json()
+    assert {k: after[k] for k in ("train", "eval", "mode")} == {k: before[k] for k in ("train", "eval", "mode")}
