@@ -1,6 +1,7 @@
 """The whole factoring report of one checkpoint, and what an evaluation costs the training beside it.
 
-    python benchmarks/bench_factoring.py [--train-steps 300] [--rounds 5] [--window 10] [--device cpu] [--workspace DIR]
+    python benchmarks/bench_factoring.py [--train-steps 300] [--rounds 5] [--window 10] [--device cpu]
+                                         [--eval-device cpu] [--workspace DIR]
 
 One workspace (a temporary one unless `--workspace`), the default Factor-Slot model trained
 `--train-steps` steps of reconstruction and saved as a checkpoint. A first factoring job builds the
@@ -10,7 +11,9 @@ same process:
 1. training steps/s of the Engine training a ReconstructionTask alone, and while FactoringService
    jobs evaluate checkpoints beside it, one after another for `--window` seconds (each job a new
    checkpoint, so that none is answered from the store; the "alone" window as long as the one
-   before it), alternating so that machine noise hits both alike; printed as `beside / alone`, the median over `--rounds`. Measured first,
+   before it), the jobs run two ways: in the trainer's process (threads of the same process), and
+   in the evaluation worker process on `--eval-device` (M4). Alternating, so that machine noise
+   hits all three alike; printed as `beside / alone`, the median over `--rounds`. Measured first,
    so that no work of the main thread (parts 2 and 3) lingers beside the "alone" rounds;
 2. `FactoringEvaluator.evaluate` on the first checkpoint, training stopped (UFR with its parts, MIG,
    DCI with lasso, traversals, sort-by-activation, attention): the best of `--rounds`, with stages;
@@ -25,6 +28,7 @@ generated), 3,000 on the bundled 5k fallback (1,000 + 1,000 + 1,000).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -95,6 +99,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0,
                         help="seconds of back-to-back factoring jobs per round (and as long alone)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval-device", default="cpu", help="the evaluation worker's device")
     parser.add_argument("--workspace", type=Path, help="default: a temporary one")
     args = parser.parse_args()
 
@@ -125,14 +130,22 @@ def main() -> None:
                   f"({'full MNIST' if sets['mnist'] == 'mnist-idx' else 'the 5k fallback: fewer than 5,000'}); "
                   f"built with the classifier, and a first report, in {time.perf_counter() - clock:.1f} s")
 
+            engine.set_eval_device(args.eval_device)
+            worker = engine.eval_worker
+            in_process, in_worker = (lambda: None), (lambda: worker)
+            session.factoring.worker = in_worker
+            warm = session.factoring.start(engine.save_checkpoint("bench-worker-warm-up")["id"])
+            warm.done.wait(3600)  # the worker builds its evaluator once (read from the cache)
             engine.start()  # trains until stopped; the jobs evaluate beside it
             try:
                 steps_per_s(engine, 3.0)  # warm-up
-                alone, beside, windows = [], [], []
+                alone, beside, windows = [], {"process": [], "worker": []}, []
                 for round_ in range(args.rounds):
-                    rate, seconds, jobs = steps_per_s_beside(session, engine, args.window, str(round_))
-                    beside.append(rate)
-                    windows.append((seconds, jobs))
+                    for mode, route in (("process", in_process), ("worker", in_worker)):
+                        session.factoring.worker = route
+                        rate, seconds, jobs = steps_per_s_beside(session, engine, args.window, f"{mode}{round_}")
+                        beside[mode].append(rate)
+                        windows.append((mode, seconds, jobs))
                     alone.append(steps_per_s(engine, seconds))
             finally:
                 engine.stop()
@@ -155,14 +168,16 @@ def main() -> None:
             print(f"dci(importance='gbt'), same codes {list(codes.shape)}, {len(concepts)} concepts "
                   f"{gbt_s:8.2f} s   D {gbt['disentanglement']:.3f} (the report's lasso D {report['dci']['disentanglement']:.3f})")
             print(f"whole report / dci(gbt)                {whole / gbt_s:8.2f} x")
-            ratio = statistics.median(b / a for a, b in zip(alone, beside))
             print(f"training alone                         {statistics.median(alone):8.2f} steps/s   "
                   f"rounds {', '.join(f'{a:.2f}' for a in alone)}")
-            print(f"training beside a factoring job        {statistics.median(beside):8.2f} steps/s   "
-                  f"rounds {', '.join(f'{b:.2f}' for b in beside)} "
-                  f"({', '.join(f'{j} jobs in {t:.1f} s' for t, j in windows)})")
-            print(f"beside / alone (median of rounds)      {ratio:8.2f} x")
-
+            for mode, where in (("process", "in the trainer's process"), ("worker", f"in the worker on {args.eval_device}")):
+                rates = beside[mode]
+                ratio = statistics.median(b / a for a, b in zip(alone, rates))
+                print(f"training beside factoring jobs {where}: {statistics.median(rates):.2f} steps/s   "
+                      f"rounds {', '.join(f'{b:.2f}' for b in rates)} "
+                      f"({', '.join(f'{j} jobs in {t:.1f} s' for m, t, j in windows if m == mode)})")
+                print(f"   beside / alone (median of rounds)   {ratio:8.2f} x")
+            print(f"the worker's torch threads: {worker.threads} of {os.cpu_count()} cores")
 
 if __name__ == "__main__":
     main()

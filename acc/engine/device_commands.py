@@ -10,6 +10,7 @@ evaluations run on the training thread as before.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future
 
@@ -26,6 +27,8 @@ class DeviceCommands:
     """Device roles; see the module docstring."""
 
     eval_worker: EvalWorker | None = None
+    _closing_workers: list[threading.Thread] = []  # workers being stopped (replaced by a list, never appended to)
+    _train_threads: int | None = None  # torch's threads before a worker took some of the cores
 
     # ---- public, thread-safe ---------------------------------------------------------------------
     def roles(self) -> dict:
@@ -43,11 +46,19 @@ class DeviceCommands:
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Evaluate every enabled task on its validation data now; returns {task: {metric: value}}.
         With an eval device, a snapshot is evaluated in the worker while training goes on."""
+        return self.evaluation()["results"]
+
+    def evaluation(self) -> dict:
+        """`evaluate`, as {"step": the step evaluated, "results"}: with an eval device, the step of
+        the snapshot (training went on meanwhile)."""
         if self.eval_worker is None:
-            return self.call("evaluate")
-        return self.call("evaluate_beside").result(EVAL_TIMEOUT_S)["results"]
+            return self.call("evaluate_at")
+        return self.call("evaluate_beside").result(EVAL_TIMEOUT_S)
 
     # ---- commands ----------------------------------------------------------------------------
+    def _do_evaluate_at(self) -> dict:
+        return {"step": self.step, "results": self._evaluate()}
+
     def _do_set_train_device(self, device: str) -> dict:
         target = torch.device(check_device(device))
         self.model.to(target)
@@ -61,6 +72,7 @@ class DeviceCommands:
         for source in self.data.values():  # the same stream, its data moved: batches go on where they were
             source.stream.data, source.stream.device = source.stream.data.to(target), target
         self.device = target
+        self._share_cores()
         self._event("devices", f"training moved to {target}", train=str(target))
         return self.roles()
 
@@ -72,8 +84,11 @@ class DeviceCommands:
             self.eval_worker = EvalWorker(device, self.workspace.root, settings)
         else:
             self.eval_worker = None
+        self._share_cores()
         if old is not None:  # its process may take a moment to stop: not on the training thread
-            threading.Thread(target=old.close, name="acc-eval-worker-close", daemon=True).start()
+            closing = threading.Thread(target=old.close, name="acc-eval-worker-close", daemon=True)
+            closing.start()
+            self._closing_workers = [*self._closing_workers, closing]
         self._event("devices", f"evaluation {'on ' + device + ' beside training' if device else 'on the training thread'}",
                     eval=device)
         return self.roles()
@@ -100,10 +115,24 @@ class DeviceCommands:
         else:
             self._evaluate()
 
+    def _share_cores(self) -> None:
+        """A worker on the CPU that training also runs on gets its own cores: training keeps the
+        rest. Both processes spinning OpenMP threads on the same cores would slow training far
+        more than the CPU the evaluation takes (measured: benchmarks/bench_factoring.py)."""
+        if self._train_threads is None:
+            self._train_threads = torch.get_num_threads()
+        worker = self.eval_worker
+        shared = worker is not None and worker.device == "cpu" and self.device.type == "cpu"
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores - worker.threads) if shared else self._train_threads)
+
     def _close_eval_worker(self) -> None:
+        """At the engine's close: stop the worker, and wait for those stopped before."""
         worker, self.eval_worker = self.eval_worker, None
         if worker is not None:
             worker.close()
+        for closing in self._closing_workers:
+            closing.join(15)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _eval_snapshot(self) -> dict:

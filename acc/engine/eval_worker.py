@@ -101,6 +101,12 @@ class EvalWorker:
         if self._process.is_alive():
             self._process.kill()
             self._process.join(5)
+        self._close_queues()
+
+    def _close_queues(self) -> None:
+        for channel in (self._requests, self._results):
+            channel.close()
+            channel.join_thread()
 
     # ---- the feeding thread ------------------------------------------------------------------
     def _start_process(self) -> None:
@@ -140,6 +146,7 @@ class EvalWorker:
                 if not self._closed:
                     log.warning(str(error))
                     self.restarts += 1
+                    self._close_queues()
                     self._start_process()
                 return
             if message.get("id") != request_id:

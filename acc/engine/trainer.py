@@ -369,9 +369,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             self.model.train()
         return images.cpu(), recon.clamp(0, 1).cpu()
 
-    def _do_evaluate(self) -> dict[str, dict[str, float]]:
-        return self._evaluate()
-
     # ---- training ----------------------------------------------------------------------------
     def _step(self) -> None:
         started = time.perf_counter()

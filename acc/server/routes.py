@@ -231,8 +231,8 @@ def evaluate(session: SessionDep) -> EvalResult:
     """Evaluate every enabled task on its validation data now."""
     engine = session.engine
     with engine_errors():
-        results = engine.evaluate()
-        return EvalResult(step=engine.last_eval_step, time=time.time(), results=results)
+        done = engine.evaluation()  # the step it evaluated: with an eval worker, its snapshot's
+        return EvalResult(step=done["step"], time=time.time(), results=done["results"])
 
 
 @router.get("/evals", response_model=list[EvalResult])
