@@ -40,7 +40,8 @@ class DeviceCommands:
         return self.call("set_train_device", device=device)
 
     def set_eval_device(self, device: str | None) -> dict:
-        """Evaluate in a worker process on `device` from now on (None: on the training thread)."""
+        """Evaluate in a worker process on `device` from now on (None: on the training thread).
+        A worker that is replaced is stopped: what it still had to do fails with an error saying so."""
         return self.call("set_eval_device", device=device)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
@@ -79,6 +80,8 @@ class DeviceCommands:
     def _do_set_eval_device(self, device: str | None) -> dict:
         old = self.eval_worker
         device = check_device(device) if device is not None else None
+        if (old.device if old is not None else None) == device:
+            return self.roles()  # as asked already: the worker (and whatever it is doing) stays
         if device is not None:
             settings = {k: getattr(self.config, k) for k in ("val_fraction", "seed", "eval_samples", "batch_size")}
             self.eval_worker = EvalWorker(device, self.workspace.root, settings)

@@ -34,6 +34,8 @@ def set_devices(body: DevicesUpdate, session: SessionDep) -> Devices:
     if body.mode == "ddp" or (body.ranks or 1) > 1:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             "data-parallel training is not available yet: this trainer runs on one device")
+    if "train" in body.model_fields_set and body.train is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "train needs a device; training always has one")
     with engine_errors(missing=status.HTTP_422_UNPROCESSABLE_CONTENT):
         if body.train is not None:
             session.engine.set_train_device(body.train)

@@ -14,7 +14,8 @@ recipes and the datasets, checkpoint and factoring events to the checkpoint tree
 the trainer starts a new run, the page fetches everything again from the API, so what it shows
 always comes from the trainer's store, across page reloads and trainer restarts (earlier runs: the
 run picker above the curves). The model panel grows the model (`acc.ui.expand_dialog`); the
-charts mark where the model grew along the shown run's lineage.
+charts mark where the model grew along the shown run's lineage. The devices panel below it polls
+the devices once a second and chooses the train and eval devices (`acc.ui.devices_panel`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from acc.ui.actions import fetch
 from acc.ui.charts import CHARTS_JS, SMOOTHING, ChartGrid, FirstHistory, register_routes
 from acc.ui.compare_page import ComparePage
 from acc.ui.datasets import DatasetsPanel
+from acc.ui.devices_panel import DevicesPanel
 from acc.ui.eval_page import EvalPage
 from acc.ui.expand_dialog import ModelPanel, expansion_markers
 from acc.ui.factoring import FigureRoute
@@ -84,6 +86,8 @@ class Dashboard:
             with ui.column().classes("acc-side"):
                 with ui.card().classes("full-width q-py-sm"):
                     self.model = ModelPanel(self.link)
+                with ui.card().classes("full-width q-py-sm"):
+                    self.devices = DevicesPanel(self.link, on_show=self.status.show_devices)
                 self.tasks = TasksPanel(self.link)
                 with ui.card().classes("full-width"):
                     self.recon = ReconstructionPanel(self.link)
@@ -195,6 +199,8 @@ class Dashboard:
                 background_tasks.create(self.recon.refresh(), name="acc-recon")
             elif kind == "state" and data.get("kind") in CHECKPOINT_EVENTS:
                 background_tasks.create(self.checkpoints.refresh(), name="acc-checkpoints")
+            elif kind == "state" and data.get("kind") == "devices":  # another tab changed the roles
+                background_tasks.create(self.devices.refresh(), name="acc-devices")
             elif kind == "factoring":
                 background_tasks.create(self.checkpoints.show_factoring(data), name="acc-factoring")
             elif kind == "registry":

@@ -1,10 +1,11 @@
 """The header: the pages' links, what the trainer is doing and the buttons that drive it; the banner.
 
 Every page's header starts with the links between the dashboard's pages (`nav_links`). The
-training page's status bar shows run, step, samples/s, device and running/paused/idle, and offers
-only the actions that make sense in that state; the other pages show the same facts without the
-controls (`PageHeader`). The banner appears when the trainer cannot be reached or rejects the
-token, counts down to the next retry and offers to retry now.
+training page's status bar shows run, step, samples/s (across all ranks), the mode ("1 device:
+cpu", or "DDP × N" over N ranks) and running/paused/idle, and offers only the actions that make
+sense in that state; the other pages show the same facts without the controls (`PageHeader`).
+The banner appears when the trainer cannot be reached or rejects the token, counts down to the
+next retry and offers to retry now.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from acc.ui.link import Connection, Link
 
 STATUS_COLORS = {"running": "positive", "paused": "warning", "idle": "grey"}
 NAV = (("training", "Training", "/"), ("checkpoints", "Checkpoints", "/checkpoints"), ("compare", "Compare", "/compare"))
+
+
+def mode_label(device: str, mode: str = "single", ranks: int = 1) -> str:
+    """The status bar's mode: `1 device: cpu`, or `DDP × 4` when data parallel over 4 ranks."""
+    return f"DDP × {ranks}" if mode == "ddp" else f"1 device: {device}"
 
 
 def nav_links(current: str | None) -> None:
@@ -53,17 +59,21 @@ class PageHeader:
 
 
 class StatusBar:
-    """Run, step, samples/s, device, status; start/pause/resume/stop, learning rate, eval, save."""
+    """Run, step, samples/s, mode, status; start/pause/resume/stop, learning rate, eval, save."""
 
     def __init__(self, link: Link, save_checkpoint: Callable[[], Awaitable[None]]) -> None:
         self.link = link
         self._lr: float | None = None
+        self._mode: tuple[str, int] = ("single", 1)  # from the devices panel; the state has only the device
+        self._device = ""
         with ui.row().classes("full-width items-center text-body2"):
             nav_links("training")
             self.run = ui.label().props('data-role="run"')
             self.step = ui.label().classes("acc-num").props('data-role="step"')
-            self.speed = ui.label().classes("acc-num")
-            self.device = ui.label()
+            self.speed = ui.label().classes("acc-num").props('data-role="speed"')
+            self.speed.tooltip("samples per second, across all ranks")
+            self.device = ui.label().props('data-role="mode"').mark("status-mode")
+            self.device.tooltip("where training runs: the Devices panel shows and changes it")
             self.status = ui.badge("—").props('data-role="status"')
             ui.space()
             self.steps = ui.number("steps", min=1, step=100, format="%d").style("width: 6rem").props("dense dark")
@@ -86,7 +96,8 @@ class StatusBar:
         self.run.set_text(f"run {state['run_id']}")
         self.step.set_text(f"step {state['step']:,}")
         self.speed.set_text(f"{state['samples_per_s']:,.0f} samples/s")
-        self.device.set_text(state["device"])
+        self._device = state["device"]
+        self.device.set_text(mode_label(self._device, *self._mode))
         status = state["status"]
         if self.status.text != status:
             self.status.set_text(status)
@@ -98,6 +109,11 @@ class StatusBar:
         if state["lr"] != self._lr:  # only when the trainer's value changes: never mid-typing
             self._lr = state["lr"]
             self.lr.set_value(self._lr)
+
+    def show_devices(self, info: dict[str, Any]) -> None:
+        """The roles as `GET /api/devices` gives them (the devices panel's reads)."""
+        self._mode, self._device = (info["mode"], info["ranks"]), info["train"]
+        self.device.set_text(mode_label(self._device, *self._mode))
 
     async def _train(self, action: str) -> None:
         steps = int(self.steps.value) if action == "start" and self.steps.value else None
