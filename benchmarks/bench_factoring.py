@@ -8,7 +8,8 @@ One workspace (a temporary one unless `--workspace`), the default Factor-Slot mo
 held-out sets and the digit classifier (once per workspace, cached; not measured). Then, in the
 same process:
 
-1. training steps/s of the Engine training a ReconstructionTask alone, and while FactoringService
+1. training steps/s of the Engine training a ReconstructionTask alone on every core, alone once the
+   worker has its share of the cores, and while FactoringService
    jobs evaluate checkpoints beside it, one after another for `--window` seconds (each job a new
    checkpoint, so that none is answered from the store; the "alone" window as long as the one
    before it), the jobs run two ways: in the trainer's process (threads of the same process), and
@@ -130,6 +131,14 @@ def main() -> None:
                   f"({'full MNIST' if sets['mnist'] == 'mnist-idx' else 'the 5k fallback: fewer than 5,000'}); "
                   f"built with the classifier, and a first report, in {time.perf_counter() - clock:.1f} s")
 
+            # Training alone on every core, before the worker takes its share of them.
+            engine.start()
+            try:
+                steps_per_s(engine, 3.0)  # warm-up
+                full = [steps_per_s(engine, args.window) for _ in range(args.rounds)]
+            finally:
+                engine.stop()
+            full_threads = torch.get_num_threads()
             engine.set_eval_device(args.eval_device)
             worker = engine.eval_worker
             in_process, in_worker = (lambda: None), (lambda: worker)
@@ -168,7 +177,9 @@ def main() -> None:
             print(f"dci(importance='gbt'), same codes {list(codes.shape)}, {len(concepts)} concepts "
                   f"{gbt_s:8.2f} s   D {gbt['disentanglement']:.3f} (the report's lasso D {report['dci']['disentanglement']:.3f})")
             print(f"whole report / dci(gbt)                {whole / gbt_s:8.2f} x")
-            print(f"training alone                         {statistics.median(alone):8.2f} steps/s   "
+            print(f"training alone, no worker ({full_threads} threads)   {statistics.median(full):8.2f} steps/s   "
+                  f"rounds {', '.join(f'{a:.2f}' for a in full)}")
+            print(f"training alone, a worker set ({engine.roles()['train_threads']} threads) {statistics.median(alone):8.2f} steps/s   "
                   f"rounds {', '.join(f'{a:.2f}' for a in alone)}")
             for mode, where in (("process", "in the trainer's process"), ("worker", f"in the worker on {args.eval_device}")):
                 rates = beside[mode]
@@ -177,7 +188,10 @@ def main() -> None:
                       f"rounds {', '.join(f'{b:.2f}' for b in rates)} "
                       f"({', '.join(f'{j} jobs in {t:.1f} s' for m, t, j in windows if m == mode)})")
                 print(f"   beside / alone (median of rounds)   {ratio:8.2f} x")
-            print(f"the worker's torch threads: {worker.threads} of {os.cpu_count()} cores")
+            share = worker.threads / (os.cpu_count() or 1)
+            print(f"the worker's torch threads: {worker.threads} of {os.cpu_count()} cores; training beside the "
+                  f"worker / training alone with no worker: {statistics.median(beside['worker']) / statistics.median(full):.2f} x "
+                  f"(the target: at least {1 - share:.2f} x, i.e. slowed by no more than the CPU the worker takes)")
 
 if __name__ == "__main__":
     main()

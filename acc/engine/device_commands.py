@@ -28,12 +28,14 @@ class DeviceCommands:
 
     eval_worker: EvalWorker | None = None
     _closing_workers: list[threading.Thread] = []  # workers being stopped (replaced by a list, never appended to)
-    _train_threads: int | None = None  # torch's threads before a worker took some of the cores
+    _train_threads: int | None = None
+    train_threads: int | None = None  # torch threads training uses now (None: as the process started)  # torch's threads before a worker took some of the cores
 
     # ---- public, thread-safe ---------------------------------------------------------------------
     def roles(self) -> dict:
         worker = self.eval_worker
         return {"train": str(self.device), "eval": worker.device if worker else None, "mode": "single", "ranks": 1,
+                "train_threads": self.train_threads,
                 "eval_worker": {"alive": worker.alive, "restarts": worker.restarts} if worker else None}
 
     def set_train_device(self, device: str) -> dict:
@@ -127,7 +129,9 @@ class DeviceCommands:
         worker = self.eval_worker
         shared = worker is not None and worker.device == "cpu" and self.device.type == "cpu"
         cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores - worker.threads) if shared else self._train_threads)
+        # On the engine thread, which is the one that trains (OpenMP's thread count is per thread).
+        self.train_threads = max(1, cores - worker.threads) if shared else self._train_threads
+        torch.set_num_threads(self.train_threads)
 
     def _close_eval_worker(self) -> None:
         """At the engine's close: stop the worker, and wait for those stopped before."""

@@ -136,11 +136,11 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         self.restored_from = self._restore() if restore else None
         if self.run_id is None:
             self.run_id = self._new_run()
-        if self.config.eval_device:
-            self._do_set_eval_device(self.config.eval_device)
         self._unsubscribe_registry = tasks.subscribe(lambda change: self._commands.submit("refresh_stale"))
         self._thread = threading.Thread(target=self._loop, name="acc-engine", daemon=True)
         self._thread.start()
+        if self.config.eval_device:  # on the engine thread, whose torch threads it may change
+            self.set_eval_device(self.config.eval_device)
 
     # ==== public API: thread-safe, each call is a command applied between steps ====================
     def submit(self, kind: str, **args: Any) -> Future:

@@ -166,6 +166,8 @@ class Devices(BaseModel):
     mode: Literal["single", "ddp"]
     ranks: int
     eval_worker: dict[str, Any] | None = Field(None, description="alive, restarts")
+    train_threads: int | None = Field(None, description="torch threads training uses, fewer while an "
+                                      "evaluation worker shares the CPU with it")
     source: str = Field(..., description="where GPU figures come from: nvml, torch (no utilisation), none")
 
 
