@@ -228,6 +228,12 @@ def compare(c: Checklist, baseline: Outcome, curriculum: Outcome) -> None:
               f"prototype's {PROTOTYPE_RHO}-0.97 (DESIGN §7): it does not change {CONCEPT} monotonically; "
               f"the check above compares the two checkpoints only", flush=True)
     for o in (baseline, curriculum):
+        probe = (o.report.get("traversal", {}).get(CONCEPT) or {}).get("probe")
+        if probe is not None:
+            print(f"note  {o.arm.checkpoint}: its {CONCEPT} slot holds {CONCEPT} (I {_num(o.report['concepts'][CONCEPT]['I'])}); "
+                  f"decoded along the direction a probe reads it there, {CONCEPT} moves {_num(probe['range'])} px "
+                  f"(rho {_num(probe['rho'])}): the less it moves, the less the decoder takes {CONCEPT} from this slot",
+                  flush=True)
         for name, concept in o.report["concepts"].items():
             if concept.get("L") == 0:
                 info = concept.get("info") or {}

@@ -62,6 +62,8 @@ def test_a_checkpoint_is_evaluated_beside_training_and_its_report_and_figures_ar
         assert 0 <= report["ufr"] <= 1 and report["assignment_rule"] == "given"
         assert report["slot_info"]["slots"] == ["digit", "thickness", "slant", "style"]
         assert {"rho", "range", "class_kept"} <= set(report["traversal"]["thickness"])
+        probe = report["traversal"]["thickness"]["probe"]  # the diagnosis beside it
+        assert set(probe) == {"rho", "range", "class_kept"} and -1 <= probe["rho"] <= 1 and probe["range"] >= 0
         assert 0 <= report["mig"]["mig"] <= 1 and "importance_model" in report["dci"]
         assert report["parts_missing"] == [] and report["attention"]["entropy"].keys() == {
             "digit", "thickness", "slant", "style"}

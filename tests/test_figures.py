@@ -14,7 +14,7 @@ from acc import measure
 from acc.datasets import load_mnist
 from acc.eval import figures
 from acc.eval.figures import (
-    STEPS, attention_overlay, attention_stats, decode_images, png_bytes, principal_direction,
+    STEPS, attention_overlay, attention_stats, decode_images, png_bytes, principal_direction, probe_direction,
     sort_by_activation, traversal_cleanliness, traversal_grid, traversal_latents,
 )
 from acc.images import GAP, GAP_VALUE, upscale_nearest
@@ -71,6 +71,24 @@ def test_principal_direction_finds_the_spread_axis_with_a_fixed_sign():
     assert zero == 0.0 and np.allclose(still, [1, 0, 0]) and np.allclose(still_mean, 1)
     with pytest.raises(ValueError):
         principal_direction(np.ones((1, 3)))
+
+
+def test_probe_direction_follows_the_concept_not_the_spread():
+    rng = np.random.default_rng(1)
+    concept = rng.uniform(1.5, 5.5, 4000)  # e.g. thickness
+    codes = np.column_stack([rng.normal(0, 5.0, 4000),  # where the codes vary most: not the concept
+                             0.3 * concept + rng.normal(0, 0.05, 4000),
+                             -0.3 * concept + rng.normal(0, 0.05, 4000)])
+    _, spread_axis, _ = principal_direction(codes)
+    assert abs(spread_axis[0]) > 0.99
+    direction = probe_direction(codes, concept)
+    assert np.isclose(np.linalg.norm(direction), 1.0)
+    assert np.allclose(direction, [0, 1 / np.sqrt(2), -1 / np.sqrt(2)], atol=0.02)  # towards more of it
+    assert np.allclose(probe_direction(codes, -concept), -direction)
+    nothing = probe_direction(np.zeros((10, 3)), np.arange(10.0))
+    assert np.allclose(nothing, [1, 0, 0])
+    with pytest.raises(ValueError):
+        probe_direction(codes, concept[:10])
 
 
 def test_traversal_latents_change_only_the_group():

@@ -80,6 +80,8 @@ def test_transfer_matrix_cells_without_a_value_stay_blank_and_the_diagonal_is_ou
                                   "tau": "0.5", "L": "0.5", "ufr": "0.5", "leak": "style: 0.25 nats (own 0.5)"}
     assert traversal_facts(r, "thickness") == "scored as thickness · ρ -0.9 · range 2 px · class kept 0.75"
     assert traversal_facts(r, "style") is None
+    r["traversal"]["thickness"]["probe"] = {"rho": 0.05, "range": 0.3, "class_kept": 0.9}
+    assert traversal_facts(r, "thickness").endswith("class kept 0.75 · along the probe's direction ρ 0.05, range 0.3")
 
 
 def test_a_node_shows_its_ufr_its_progress_and_its_evaluation_link():

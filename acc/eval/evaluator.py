@@ -206,8 +206,27 @@ class FactoringEvaluator:
                 images, steps, f"{name} slot" + (f" (scored as {concept})" if concept else ""))
             if concept in MEASURED:
                 traversal[concept] = {"slot": name, **figures.traversal_cleanliness(
-                    images, concept, self.labels[self.seed_index], self.classifier.predict)}
+                    images, concept, self.labels[self.seed_index], self.classifier.predict),
+                    "probe": self._probe_traversal(model, codes, group, concept, steps, device)}
             projection = (codes[:, group] - mean) @ direction
             pictures[f"activation/{name}"] = figures.sort_by_activation(
                 self.images[:, 0].numpy(), projection, captions, k=self.config.sort_k)
         return traversal, pictures, missing
+
+    def _probe_traversal(self, model: nn.Module, codes: np.ndarray, group: slice, concept: str,
+                         steps: np.ndarray, device: torch.device) -> dict:
+        """A diagnosis beside the traversal (never in its place): the same traversal along the
+        direction a ridge probe reads the concept in the slot (fitted on the natural test digits),
+        from thinner to thicker (or less to more slanted). A slot that holds the concept (a high
+        I) whose probe traversal still barely changes it is one the decoder does not read the
+        concept from: it takes it from other slots (see L)."""
+        natural = self.source == SOURCES.index("natural")
+        direction = figures.probe_direction(codes[natural][:, group], self.measured[concept][natural])
+        mean = codes[:, group].mean(0)
+        sd = float(((codes[:, group] - mean) @ direction).std(ddof=1))
+        latents = figures.traversal_latents(codes[self.seed_index], group, mean, direction, sd, steps)
+        flat = torch.as_tensor(latents.reshape(-1, codes.shape[1]), dtype=torch.float32, device=device)
+        images = recon_probabilities(model, model.decode(flat)).clamp(0, 1).cpu().numpy()
+        images = images.reshape(len(self.seed_index), len(steps), 28, 28)
+        clean = figures.traversal_cleanliness(images, concept, self.labels[self.seed_index], self.classifier.predict)
+        return {key: clean[key] for key in ("rho", "range", "class_kept")}

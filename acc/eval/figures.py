@@ -29,7 +29,7 @@ from acc.images import GAP, GAP_VALUE, as_uint8, caption_fonts, fitting_font, fo
 from acc.protocol import recon_probabilities
 
 __all__ = [
-    "STEPS", "attention_overlay", "attention_stats", "decode_images", "png_bytes", "principal_direction",
+    "STEPS", "attention_overlay", "attention_stats", "decode_images", "png_bytes", "principal_direction", "probe_direction",
     "sort_by_activation", "traversal_cleanliness", "traversal_grid", "traversal_latents",
 ]
 
@@ -68,6 +68,25 @@ def principal_direction(codes_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     if direction[np.argmax(np.abs(direction))] < 0:
         direction = -direction
     return mean, direction, sd
+
+
+def probe_direction(codes_slot: np.ndarray, values: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """The unit direction [d] along which a ridge fit of `values` [N] on the slot's codes [N, d]
+    grows: where the slot holds the concept, as a probe reads it (the principal direction is where
+    the codes vary most, which need not be the same). Codes and values are centred; the ridge
+    penalty `alpha` is on the codes' scale. A slot the fit finds nothing in gives the first axis."""
+    codes = np.asarray(codes_slot, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if codes.ndim != 2 or len(codes) != len(values) or len(codes) < 2:
+        raise ValueError(f"expected codes [N, d] and values [N], got {list(codes.shape)} and {list(values.shape)}")
+    centred, target = codes - codes.mean(0), values - values.mean()
+    coef = np.linalg.solve(centred.T @ centred + alpha * np.eye(codes.shape[1]), centred.T @ target)
+    norm = np.linalg.norm(coef)
+    if not np.isfinite(norm) or norm <= 1e-12:
+        direction = np.zeros(codes.shape[1])
+        direction[0] = 1.0
+        return direction
+    return coef / norm
 
 
 def traversal_latents(seed_latents: np.ndarray, group: slice, mean: np.ndarray, direction: np.ndarray,

@@ -202,8 +202,12 @@ def traversal_facts(report: dict[str, Any], slot: str) -> str | None:
     facts = (report.get("traversal") or {}).get(concept)
     if not facts:
         return f"scored as {concept}"
-    return (f"scored as {concept} · ρ {num(facts.get('rho'), 2)} · range {num(facts.get('range'), 2)} "
+    text = (f"scored as {concept} · ρ {num(facts.get('rho'), 2)} · range {num(facts.get('range'), 2)} "
             f"{facts.get('unit', '')} · class kept {num(facts.get('class_kept'), 2)}")
+    probe = facts.get("probe")
+    if probe:  # the diagnosis: along the direction a probe reads the concept
+        text += f" · along the probe's direction ρ {num(probe.get('rho'), 2)}, range {num(probe.get('range'), 2)}"
+    return text
 
 
 def attention_rows(report: dict[str, Any]) -> list[dict[str, str]]:
