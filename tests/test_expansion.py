@@ -3,6 +3,8 @@ tasks keep their heads, Adam keeps its state, a child checkpoint records it, tra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from acc.engine import EngineConfig
 from acc.engine.checkpoint import read_checkpoint
 from acc.engine.recipes import run_recipe
+from acc.engine.session import Session
 from acc.models.expand import parameter_count
 from acc.ui.client import TrainerClient, TrainerError
 
@@ -17,14 +20,12 @@ SMALL = {"name": "factor_slot", "factors": ["digit", "style"], "slot_dim": 4, "c
 
 
 @pytest.fixture
-def small_config() -> EngineConfig:
-    return EngineConfig(model=dict(SMALL), batch_size=32, lr=2e-3, eval_every=0, eval_samples=256,
-                        device="cpu", seed=0)
+def small_config(tiny_config) -> EngineConfig:
+    return replace(tiny_config, model=dict(SMALL))  # the tests' engine settings, a model that grows
 
 
 @pytest.fixture
 def trained(workspace, small_config):
-    from acc.engine.session import Session
     with Session.open(workspace.root, small_config, watch=False) as session:
         engine = session.engine
         engine.add_task("ReconstructionTask")
@@ -122,7 +123,6 @@ def test_expansion_beside_live_training(trained):
 
 
 def test_a_recipe_grows_the_fair_comparison_as_a_tree(workspace, small_config):
-    from acc.engine.session import Session
     with Session.open(workspace.root, small_config, watch=False) as session:
         result = run_recipe(session.engine, session.recipes, "expand_demo", {"base_steps": 20, "steps": 10})
         rows = {row["name"]: row for row in session.store.checkpoints()}
