@@ -105,7 +105,7 @@ def rank_main(rank: int, world: int, folder: str, args: argparse.Namespace) -> N
                         "check_ms": check, "floats": sum(p.numel() for p in params), "tensors": len(params)},
                        f"{folder}/ranks.pt")
     finally:
-        dist.destroy_process_group()
+        ranks.close()
 
 
 def main() -> None:

@@ -56,9 +56,9 @@ def train(ranks: Ranks, images: torch.Tensor, labels: torch.Tensor) -> dict[str,
 
 def rank_main(rank: int, world: int, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    ranks = Ranks(rank, world)
     try:
         torch.set_num_threads(1)
-        ranks = Ranks(rank, world)
         images, labels = batch()
         weights = train(ranks, images, labels)
         decided = ranks.any(rank == 1)  # only rank 1 says yes
@@ -66,7 +66,7 @@ def rank_main(rank: int, world: int, folder: str) -> None:
         torch.save(weights, Path(folder) / f"rank{rank}.pt")
         (Path(folder) / f"rank{rank}.json").write_text(json.dumps({"any": decided, "none": undecided}))
     finally:
-        dist.destroy_process_group()
+        ranks.close()
 
 
 def test_two_ranks_reach_the_parameters_of_one_rank_on_the_whole_batch(tmp_path):
@@ -85,6 +85,7 @@ def test_two_ranks_reach_the_parameters_of_one_rank_on_the_whole_batch(tmp_path)
 
 def test_one_rank_is_a_no_op():
     ranks = Ranks()
+    ranks.close()  # nothing to leave
     assert ranks.single and ranks.leader
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.full((3,), 2.0)

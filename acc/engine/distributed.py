@@ -93,6 +93,15 @@ class Ranks:
         dist.broadcast(data, 0, group=self.cpu_group)
         return json.loads(data.numpy().tobytes().decode())
 
+    def close(self) -> None:
+        """Leave the job: a barrier first, so no rank tears its connections down while another
+        still has a collective in flight (gloo then aborts the process: "terminate called without
+        an active exception"), then the process group goes."""
+        if self.single or not dist.is_initialized():
+            return
+        dist.barrier()
+        dist.destroy_process_group()
+
     def any(self, flag: bool) -> bool:
         """True on every rank if `flag` is true on any rank."""
         if self.single:
