@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -214,23 +215,40 @@ def trainer(
     seed: Annotated[int, typer.Option(help="Seed of model initialisation, batches and recipes.")] = 0,
     eval_device: Annotated[Optional[str], typer.Option(
         help="Evaluate in a worker process on this device (e.g. cuda:1, or cpu), beside training.")] = None,
+    ddp: Annotated[int, typer.Option(
+        "--ddp", min=1, help="Data-parallel ranks on this box (one CUDA device each from --device on, or "
+                             "CPU processes), each with a batch of --batch-size.")] = 1,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store.
-    It continues the workspace's last run from its latest autosave unless --fresh."""
+    It continues the workspace's last run from its latest autosave unless --fresh.
+    Under torchrun (WORLD_SIZE > 1), rank 0 is the trainer and the other ranks only compute."""
     from acc.engine import EngineConfig
+    from acc.engine.distributed import Ranks, environment_device
     from acc.server.app import serve
     from acc.server.auth import check_bind
 
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         check_bind(host, token)
+        if torchrun and ddp > 1:
+            raise ValueError("--ddp starts ranks on this box; under torchrun, --nproc-per-node does")
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
-    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                          eval_every=eval_every, autosave_every_s=autosave_every, autosave_keep=autosave_keep,
-                          slow_task_s=slow_task, eval_device=eval_device)
-    serve(host=host, port=port, workspace=workspace, token=token, config=config, restore=not fresh)
+    config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, seed=seed,
+                          device=environment_device() if torchrun else device, eval_every=eval_every,
+                          autosave_every_s=autosave_every, autosave_keep=autosave_keep, slow_task_s=slow_task,
+                          eval_device=eval_device, ranks=ddp)
+    ranks = Ranks.from_environment() if torchrun else None
+    if ranks is not None and not ranks.leader:
+        from acc.engine.follower import run_follower
+        from acc.workspace import Workspace
+
+        console.print(f"rank {ranks.rank} of {ranks.world} on {config.device}: following rank 0")
+        run_follower(ranks, config, Workspace.resolve(workspace))
+        return
+    serve(host=host, port=port, workspace=workspace, token=token, config=config, restore=not fresh, ranks=ranks)
 
 
 @app.command()

@@ -4,6 +4,8 @@ that dies, and training that keeps making steps while an evaluation runs in the 
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 import torch
@@ -155,7 +157,8 @@ def test_devices_over_http(live_trainer):
         off = client.set_devices(eval=None)
         assert off["eval"] is None
     before = httpx.get(f"{live_trainer.base_url}/api/devices").json()
-    for body in ({"train": "cuda:9"}, {"train": None}, {"eval": "tpu:0"}, {"mode": "ddp"}, {"ranks": 2}, {"train": 3}, {"gpu": "cpu"}):
+    for body in ({"train": "cuda:9"}, {"train": None}, {"eval": "tpu:0"}, {"mode": "ddp"}, {"mode": "ddp", "ranks": 1},
+                 {"mode": "single", "ranks": 2}, {"ranks": (os.cpu_count() or 1) + 1}, {"ranks": 0}, {"train": 3}, {"gpu": "cpu"}):
         response = httpx.put(f"{live_trainer.base_url}/api/devices", json=body)
         assert response.status_code == 422, (body, response.text)
         assert response.json()["detail"]

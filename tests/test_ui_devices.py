@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from acc.ui.client import TrainerClient
-from acc.ui.devices_panel import (GIB, NO_EVAL, SOURCE_NOTES, memory_fraction, memory_text, mode_text, roles_of,
-                                  utilization_text, worker_text)
+from acc.ui.devices_panel import (GIB, NO_EVAL, SOURCE_NOTES, memory_fraction, memory_text, mode_text, rank_choices,
+                                  roles_of, utilization_text, worker_text)
 from acc.ui.status import mode_label
 from tests.test_ui import dashboard_and_link, eventually, no_error_logs  # noqa: F401 (an autouse fixture)
 
@@ -42,6 +42,11 @@ def test_the_panel_texts():
     assert mode_label("cpu") == "1 device: cpu" and mode_label("cuda:0", "single", 1) == "1 device: cuda:0"
     assert mode_label("cuda:0", "ddp", 4) == "DDP × 4"
     assert set(SOURCE_NOTES) == {"nvml", "torch", "none"} and "n/a" in SOURCE_NOTES["torch"]
+    cpu = {"name": "cpu"}
+    assert list(rank_choices({**single, "devices": [cpu]})) == [1, 2, 3, 4]
+    on_cuda = {**single, "train": "cuda:0", "devices": [cpu, GPU, {**GPU, "name": "cuda:8"}]}
+    assert rank_choices(on_cuda) == {1: "1: one device", 2: "2: data parallel"}
+    assert list(rank_choices({**on_cuda, "mode": "ddp", "ranks": 3})) == [1, 2, 3]  # what runs is always listed
 
 
 # ---- the page against a real trainer ----------------------------------------------------------------
@@ -142,3 +147,24 @@ async def test_the_selects_are_disabled_while_a_change_is_in_flight(small_traine
             await eventually(lambda: client.devices()["eval"] is None)
             await user.should_see("evaluations run on the training thread", retries=100)
             await user.should_not_see(marker="role-eval:cpu", retries=100)
+
+
+@pytest.mark.asyncio
+async def test_ranks_chosen_in_the_panel_restart_training_data_parallel_and_back(small_trainer):
+    with TrainerClient(small_trainer.base_url) as client:
+        async with dashboard_and_link(small_trainer.base_url) as (user, link):
+            await user.should_see(marker="device:cpu", retries=100)
+            await eventually(lambda: select(user, "ranks").value == 1)
+            select(user, "ranks").set_value(2)
+            await user.should_see("data parallel, 2 ranks", retries=200)
+            await user.should_see("DDP × 2", retries=100)
+            devices = await asyncio.to_thread(client.devices)
+            assert (devices["mode"], devices["ranks"]) == ("ddp", 2)
+            state = await asyncio.to_thread(client.train, "start", 3)
+            await eventually(lambda: client.state()["step"] >= 3 and client.state()["status"] == "idle")
+            prints = await asyncio.to_thread(small_trainer.session.engine.rank_fingerprints)
+            assert len(prints) == 2 and prints[0] == prints[1], state
+            select(user, "ranks").set_value(1)
+            await user.should_see("single device", retries=200)
+            assert (await asyncio.to_thread(client.devices))["mode"] == "single"
+            await user.should_not_see("the trainer refused")

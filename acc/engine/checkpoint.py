@@ -70,10 +70,7 @@ def write_checkpoint(root: Path, checkpoint_id: str, weights: dict[str, torch.Te
     tmp = root / f".tmp-{checkpoint_id}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    flat = {f"{param}{STATE_SEPARATOR}{key}": _cpu(value)
-            for param, state in optimizer.items() for key, value in state.items()}
-    files = {"weights.safetensors": save({k: _cpu(v) for k, v in weights.items()}),
-             "optimizer.safetensors": save(flat)}
+    files = dict(zip(("weights.safetensors", "optimizer.safetensors"), pack_tensors(weights, optimizer)))
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     files["meta.json"] = json.dumps({"format": FORMAT_VERSION, "id": checkpoint_id, **meta, "digests": digests},
                                     indent=2).encode()
@@ -106,15 +103,28 @@ def read_checkpoint(path: Path) -> CheckpointData:
             raise ValueError(f"checkpoint at {path} is corrupted: {path / name} does not match the sha256 "
                              "recorded when it was saved; nothing was loaded")
     try:
-        weights = load(raw["weights.safetensors"])
-        flat = load(raw["optimizer.safetensors"])
+        weights, optimizer = unpack_tensors(raw["weights.safetensors"], raw["optimizer.safetensors"])
     except (ValueError, SafetensorError) as e:
         raise ValueError(f"checkpoint at {path} is unreadable: {e}") from e
-    optimizer: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        param, state_key = key.rsplit(STATE_SEPARATOR, 1)
-        optimizer.setdefault(param, {})[state_key] = value
     return CheckpointData(meta=meta, weights=weights, optimizer=optimizer)
+
+
+def pack_tensors(weights: dict[str, torch.Tensor],
+                 optimizer: dict[str, dict[str, torch.Tensor]]) -> tuple[bytes, bytes]:
+    """Weights and optimizer state as two safetensors blobs (CPU copies): a checkpoint's files, and
+    what rank 0 sends the other ranks after a structural change."""
+    flat = {f"{param}{STATE_SEPARATOR}{key}": _cpu(value)
+            for param, state in optimizer.items() for key, value in state.items()}
+    return save({k: _cpu(v) for k, v in weights.items()}), save(flat)
+
+
+def unpack_tensors(weights: bytes, optimizer: bytes) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """The inverse of `pack_tensors` (tensors on the CPU; never a pickle)."""
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load(optimizer).items():
+        param, state_key = key.rsplit(STATE_SEPARATOR, 1)
+        state.setdefault(param, {})[state_key] = value
+    return load(weights), state
 
 
 def remove_incomplete(root: Path) -> None:

@@ -34,7 +34,7 @@ class DeviceCommands:
     # ---- public, thread-safe ---------------------------------------------------------------------
     def roles(self) -> dict:
         worker = self.eval_worker
-        return {"train": str(self.device), "eval": worker.device if worker else None, "mode": "single", "ranks": 1,
+        return {"train": str(self.device), "eval": worker.device if worker else None, **self.mode(),
                 "train_threads": self.train_threads,
                 "eval_worker": {"alive": worker.alive, "restarts": worker.restarts} if worker else None}
 
@@ -64,6 +64,9 @@ class DeviceCommands:
 
     def _do_set_train_device(self, device: str) -> dict:
         target = torch.device(check_device(device))
+        if not self.ranks.single:
+            raise ValueError(f"training runs on {self.ranks.world} ranks, each on its own device: "
+                             "go back to one rank (mode single) before moving it")
         self.model.to(target)
         for active in self.tasks.values():
             if active.task.head is not None:
@@ -130,7 +133,10 @@ class DeviceCommands:
         shared = worker is not None and worker.device == "cpu" and self.device.type == "cpu"
         cores = os.cpu_count() or 1
         # On the engine thread, which is the one that trains (OpenMP's thread count is per thread).
-        self.train_threads = max(1, cores - worker.threads) if shared else self._train_threads
+        threads = max(1, cores - worker.threads) if shared else self._train_threads
+        if self.device.type == "cpu":  # the ranks of a data-parallel job on this box share its cores
+            threads = max(1, threads // self.ranks.world)
+        self.train_threads = threads
         torch.set_num_threads(self.train_threads)
 
     def _close_eval_worker(self) -> None:

@@ -41,10 +41,13 @@ class Ranks:
 
     @classmethod
     def from_environment(cls, backend: str | None = None, timeout_s: float = 1800) -> "Ranks":
-        """Join the job torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, ...); one rank without it."""
+        """Join the job torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, ...); one rank without it.
+        On CUDA, rank r trains on its machine's device LOCAL_RANK (`environment_device`)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(environment_device())
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
@@ -83,15 +86,35 @@ class Ranks:
         """Rank 0's `pending` commands (JSON-able dicts) on every rank; [] when there are none."""
         if self.single:
             return list(pending or [])
-        payload = json.dumps(pending or []).encode() if self.leader and pending else b""
-        size = torch.tensor([len(payload)], dtype=torch.long)
+        payload = self.broadcast_bytes(json.dumps(pending).encode() if self.leader and pending else b"")
+        return json.loads(payload.decode()) if payload else []
+
+    def broadcast_bytes(self, payload: bytes = b"") -> bytes:
+        """Rank 0's `payload` on every rank (the others pass nothing): its size in a one-integer
+        broadcast, the bytes only when there are any. On the CPU group."""
+        if self.single:
+            return payload
+        size = torch.tensor([len(payload) if self.leader else 0], dtype=torch.long)
         dist.broadcast(size, 0, group=self.cpu_group)
         if size.item() == 0:
-            return []
+            return b""
         data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.leader else \
             torch.empty(int(size.item()), dtype=torch.uint8)
         dist.broadcast(data, 0, group=self.cpu_group)
-        return json.loads(data.numpy().tobytes().decode())
+        return data.numpy().tobytes()
+
+    def gather(self, value: dict) -> list[dict]:
+        """Every rank's `value` (a JSON-able dict), in rank order, on every rank."""
+        if self.single:
+            return [value]
+        payload = json.dumps(value).encode()
+        longest = torch.tensor([len(payload)], dtype=torch.long)
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        data = torch.zeros(int(longest.item()), dtype=torch.uint8)
+        data[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        parts = [torch.empty_like(data) for _ in range(self.world)]
+        dist.all_gather(parts, data, group=self.cpu_group)
+        return [json.loads(part.numpy().tobytes().rstrip(b"\0").decode()) for part in parts]
 
     def close(self) -> None:
         """Leave the job: a barrier first, so no rank tears its connections down while another
@@ -109,3 +132,8 @@ class Ranks:
         value = torch.tensor([int(bool(flag))], dtype=torch.int32)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.cpu_group)
         return bool(value.item())
+
+
+def environment_device() -> str:
+    """The device of this rank of a torchrun job: cuda:LOCAL_RANK, or the CPU without CUDA."""
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from acc.engine.datasets import DatasetCatalog
 from acc.engine.devices import DeviceManager
+from acc.engine.distributed import Ranks
 from acc.engine.factoring import FactoringService
 from acc.engine.jobs import JobManager
 from acc.engine.trainer import Engine, EngineConfig
@@ -37,16 +38,17 @@ class Session:
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
-             watch: bool = True, restore: bool = False) -> "Session":
+             watch: bool = True, restore: bool = False, ranks: Ranks | None = None) -> "Session":
         """Open everything; `watch=False` loads the registries once without a file watcher;
-        `restore` continues the workspace's last run from its latest autosave (the trainer does)."""
+        `restore` continues the workspace's last run from its latest autosave (the trainer does);
+        `ranks`: this is rank 0 of a job that torchrun started."""
         ws = Workspace.resolve(workspace)
         store = Store(ws.db_path)
         registries = [Registry(kind, base, ws.registry_folders(kind))
                       for kind, base in (("tasks", Task), ("generators", Generator), ("recipes", Recipe))]
         for registry in registries:
             registry.start() if watch else registry.scan()
-        engine, jobs = Engine(ws, store, registries[0], config, restore=restore), JobManager()
+        engine, jobs = Engine(ws, store, registries[0], config, restore=restore, ranks=ranks), JobManager()
         return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]),
                    FactoringService(ws, store, jobs, str(engine.device), worker=lambda: engine.eval_worker),
                    DeviceManager())

@@ -29,6 +29,8 @@ from acc.datasets import BatchStream, Dataset, load_dataset
 from acc.engine.autosave import Autosaver
 from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue
+from acc.engine.data_parallel import DataParallel
+from acc.engine.distributed import Ranks
 from acc.engine.device_commands import DeviceCommands
 from acc.engine.errors import error_text, user_frame  # noqa: F401  (re-exported: jobs, datasets, cli)
 from acc.engine.evaluation import evaluate_tasks, spread
@@ -67,6 +69,7 @@ class EngineConfig:
     autosave_keep: int = 3  # autosaves kept in the workspace, newest first
     slow_task_s: float = 1.0  # a task whose loss() takes longer per step is flagged as slow
     eval_device: str | None = None  # evaluate in a worker process there, beside training (None: in the loop)
+    ranks: int = 1  # data-parallel ranks on this box, each with a batch of batch_size (acc trainer --ddp N)
 
 
 @dataclass
@@ -89,18 +92,21 @@ def _fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands):
+class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands, DataParallel):
     """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work.
     The task commands are in `acc.engine.task_commands`, the checkpoint commands (save, load,
     delete, autosave, restore) in `acc.engine.snapshots`, model expansion in `acc.engine.expansion`,
-    device roles and evaluation beside training in `acc.engine.device_commands`."""
+    device roles and evaluation beside training in `acc.engine.device_commands`, what several
+    ranks share at a step boundary in `acc.engine.data_parallel`."""
 
     def __init__(self, workspace: Workspace, store: Store, tasks: Registry,
                  config: EngineConfig | None = None, model: nn.Module | None = None,
-                 restore: bool = False) -> None:
+                 restore: bool = False, ranks: Ranks | None = None) -> None:
         """With `restore`, continue the workspace's last run from its latest autosave (or the
-        checkpoint it started from); `restored_from` says what was loaded (None: a fresh start)."""
+        checkpoint it started from); `restored_from` says what was loaded (None: a fresh start).
+        With `ranks` of several, this engine is rank 0 of a data-parallel job (acc.engine.launch)."""
         self.workspace, self.store, self.registry = workspace, store, tasks
+        self.ranks = ranks or Ranks()
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
         torch.manual_seed(self.config.seed)
@@ -141,6 +147,8 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         self._thread.start()
         if self.config.eval_device:  # on the engine thread, whose torch threads it may change
             self.set_eval_device(self.config.eval_device)
+        if self.config.ranks > 1 and self.ranks.single:
+            self.set_ranks(self.config.ranks)
 
     # ==== public API: thread-safe, each call is a command applied between steps ====================
     def submit(self, kind: str, **args: Any) -> Future:
@@ -274,16 +282,22 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
     def _loop(self) -> None:
         while True:
             idle = self.status != "running" or not self._enabled_tasks()
-            command = self._commands.get(timeout=None if idle else 0)
+            command = self._commands.get(timeout=self._idle_wait() if idle else 0)
             if command is not None:
                 self._apply(command)
                 if command.kind == "close":
+                    self._end_ranks()
                     return
                 continue
             try:
-                self._step()
+                self._share_boundary()  # to the other ranks, if any: what changed, and whether to step
+                if not idle:
+                    self._step()
             except Exception as e:  # the engine itself must never die; pause and report
                 log.exception("training step failed")
+                if not self.ranks.single:
+                    self._lose_ranks(e)
+                    continue
                 self._set_status("paused")
                 self._emit_error(None, f"step {self.step} failed, training paused: {error_text(e)}")
 
@@ -295,6 +309,8 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             command.future.set_result(handler(**command.args))
         except Exception as e:
             command.future.set_exception(e)
+        finally:
+            self._applied(command.kind)
 
     # ---- commands ----------------------------------------------------------------------------
     def _do_set_lr(self, lr: float) -> None:
@@ -378,6 +394,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
 
         losses: list[tuple[ActiveTask, torch.Tensor]] = []
         task_ms: dict[str, float] = {}
+        errors: dict[str, str] = {}  # task -> why it is disabled; the step is then skipped whole
         samples = 0
         for dataset, members in groups.items():
             batch = self.data[dataset].stream.next()
@@ -393,21 +410,26 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
                     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                         raise TypeError(f"loss() must return a scalar tensor, got {type(loss).__name__}")
                 except Exception as e:
-                    return self._disable(active, error_text(e))
+                    errors[active.task.name] = error_text(e)
+                    continue
                 task_ms[active.task.name] = 1000 * (time.perf_counter() - task_start)
                 losses.append((active, loss.reshape(())))
         self._time_tasks(task_ms)
 
-        values = torch.stack([loss.detach().float() for _, loss in losses]).tolist()  # one device sync
-        bad = [(active, value) for (active, _), value in zip(losses, values) if not math.isfinite(value)]
-        for active, value in bad:
-            self._disable(active, f"non-finite loss ({value})")
-        if bad:
+        values = torch.stack([loss.detach().float() for _, loss in losses]).tolist() if losses else []  # one sync
+        for (active, _), value in zip(losses, values):
+            if not math.isfinite(value):
+                errors[active.task.name] = f"non-finite loss ({value})"
+        errors = self._agree_on_errors(errors)  # on several ranks: a task that failed on one fails on all
+        for name, error in errors.items():
+            self._disable(self.tasks[name], error)
+        if errors:
             return
 
         self.optimizer.zero_grad(set_to_none=True)
         total = sum(active.task.weight * loss for active, loss in losses)
         total.backward()
+        self.ranks.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         grad_norm = self._clip_gradients()
         if not math.isfinite(grad_norm):  # a finite loss can still give NaN gradients: never apply them
             self.optimizer.zero_grad(set_to_none=True)
@@ -422,7 +444,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             metrics[f"loss/{active.task.name}"] = value
         metrics["grad_norm"] = grad_norm
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["samples_per_s"] = self._measure_rate(samples)
+        metrics["samples_per_s"] = self._measure_rate(samples * self.ranks.world)  # every rank's batches
         metrics.update({f"time/{name}": ms for name, ms in task_ms.items()})
         self._record(metrics)
 
@@ -501,7 +523,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         if name not in self.data:
             dataset = load_dataset(name, self.workspace.data_dirs, self.workspace.mnist_dir)
             train, validation = dataset.split(self.config.val_fraction, self.config.seed)
-            stream = BatchStream(train, self.config.batch_size, self._seed_for(name), self.device)
+            stream = BatchStream(train, self.config.batch_size, self._seed_for(self._stream_name(name)), self.device)
             self.data[name] = DataSource(stream, validation)
         return self.data[name]
 
@@ -529,7 +551,8 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         """Reseed every data stream from (seed, dataset, step): a run continued from a checkpoint
         then draws the same batches as the run that saved it."""
         for name, source in self.data.items():
-            source.stream = BatchStream(source.stream.data, self.config.batch_size, self._seed_for(name), self.device)
+            source.stream = BatchStream(source.stream.data, self.config.batch_size,
+                                        self._seed_for(self._stream_name(name)), self.device)
 
     def _finish_run(self) -> None:
         if self._done is not None and not self._done.done():

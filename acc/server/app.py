@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 import acc
 from acc.engine import EngineConfig
+from acc.engine.distributed import Ranks
 from acc.engine.session import Session
 from acc.server.auth import TokenAuth, check_bind, redact_tokens
 from acc.server import datasets, devices, factoring, model
@@ -92,20 +93,22 @@ def make_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
     return Server(config, app.state.broadcaster)
 
 
-def open_reporting(workspace: str | Path | None, config: EngineConfig | None, restore: bool) -> Session:
+def open_reporting(workspace: str | Path | None, config: EngineConfig | None, restore: bool,
+                   ranks: Ranks | None = None) -> Session:
     """Open the session and say, in the server's log, which runs had crashed and what it continues."""
-    session = Session.open(workspace, config, restore=restore)
+    session = Session.open(workspace, config, restore=restore, ranks=ranks)
     for line in session.engine.start_report():
         logging.getLogger("uvicorn.error").info(line)
     return session
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, workspace: str | Path | None = None,
-          token: str | None = None, config: EngineConfig | None = None, restore: bool = True) -> None:
+          token: str | None = None, config: EngineConfig | None = None, restore: bool = True,
+          ranks: Ranks | None = None) -> None:
     """Run the trainer until SIGINT/SIGTERM, continuing the workspace's last run unless not
     `restore`. The token defaults to `ACC_TOKEN`; binding anything but loopback without one
     raises ValueError."""
     token = token or os.environ.get("ACC_TOKEN") or None
     check_bind(host, token)
-    app = create_app(partial(open_reporting, workspace, config, restore), token)
+    app = create_app(partial(open_reporting, workspace, config, restore, ranks), token)
     make_server(app, host, port).run()

@@ -5,10 +5,12 @@ The panel reads `GET /api/devices` about once a second (the trainer itself refre
 once a second), in a worker thread and never two reads at a time. Each device is a row: its name
 and description, "train"/"eval" badges, the memory in use as a bar with GiB, the utilisation (or
 "n/a" where it cannot be read). Below: the mode (one device, or data parallel over N ranks), where
-the GPU figures come from, the evaluation worker, and two selects. Choosing a device sends
-`PUT /api/devices`; while it is in flight both selects are disabled, and what the trainer refuses
-(409 while a recipe drives it, 422 for a device it does not have) is shown in the panel and the
-selects go back to what the trainer says. Every answer is also handed to `on_show` (the status bar).
+the GPU figures come from, the evaluation worker, and three selects: the train device, the eval
+device and the ranks (1: one device; N: data parallel, restarted from the live state). A choice
+sends `PUT /api/devices`; while it is in flight the selects are disabled, and what the trainer
+refuses (409 while a recipe drives it, 422 for a device it does not have or more ranks than it can
+run, 503 when the ranks did not start) is shown in the panel and the selects go back to what the
+trainer says. Every answer is also handed to `on_show` (the status bar).
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ def utilization_text(utilization: float | None) -> str:
 def mode_text(info: dict[str, Any]) -> str:
     """`single device`, or `data parallel, 4 ranks`."""
     return f"data parallel, {info['ranks']} ranks" if info["mode"] == "ddp" else "single device"
+
+
+def rank_choices(info: dict[str, Any]) -> dict[int, str]:
+    """How many ranks one may ask for: one per CUDA device when training on CUDA, else up to 4
+    processes on the CPU (the trainer refuses more than it has cores, and says so)."""
+    if info["train"].startswith("cuda"):
+        most = max(1, sum(d["name"].startswith("cuda") for d in info["devices"]))
+    else:
+        most = 4
+    most = max(most, info["ranks"])
+    return {n: "1: one device" if n == 1 else f"{n}: data parallel" for n in range(1, most + 1)}
 
 
 def roles_of(info: dict[str, Any], name: str) -> list[str]:
@@ -132,6 +145,8 @@ class DevicesPanel:
                 self.train.props('dense data-role="train-device"').classes("col").mark("train-device")
                 self.eval = ui.select({}, label="evaluate on", on_change=lambda e: self._chosen("eval", e.value))
                 self.eval.props('dense data-role="eval-device"').classes("col").mark("eval-device")
+                self.ranks = ui.select({}, label="ranks", on_change=lambda e: self._chosen("ranks", e.value))
+                self.ranks.props('dense data-role="ranks"').classes("col-3").mark("ranks")
             with ui.column().classes("full-width acc-gap-0"):
                 self.worker = ui.label().classes("acc-note").props('data-role="eval-worker"').mark("eval-worker")
                 self.pending = ui.label().classes("acc-note").props('data-role="devices-pending"')
@@ -171,18 +186,24 @@ class DevicesPanel:
         if self.eval.options != {NO_EVAL: NO_EVAL_LABEL, **names}:
             self.eval.set_options({NO_EVAL: NO_EVAL_LABEL, **names})
         # What the trainer says; `_chosen` sees the value it already has and sends nothing.
+        if self.ranks.options != rank_choices(info):
+            self.ranks.set_options(rank_choices(info))
         self.train.set_value(info["train"])
         self.eval.set_value(info["eval"] or NO_EVAL)
+        self.ranks.set_value(info["ranks"])
         if self.on_show is not None:
             self.on_show(info)
 
     async def _chosen(self, role: str, value: Any) -> None:
         if self.info is None or self._changing or value is None:
             return
-        current = self.info["train"] if role == "train" else (self.info["eval"] or NO_EVAL)
+        current = {"train": self.info["train"], "eval": self.info["eval"] or NO_EVAL, "ranks": self.info["ranks"]}[role]
         if value == current:  # the trainer's own value, set by `show`: nothing to change
             return
-        roles = {"train": value} if role == "train" else {"eval": None if value == NO_EVAL else value}
+        if role == "ranks":
+            roles = {"mode": "single"} if value == 1 else {"mode": "ddp", "ranks": value}
+        else:
+            roles = {"train": value} if role == "train" else {"eval": None if value == NO_EVAL else value}
         self._version += 1
         self._busy(True)
         self._say("")
@@ -198,8 +219,8 @@ class DevicesPanel:
 
     def _busy(self, busy: bool) -> None:
         self._changing = busy
-        self.train.set_enabled(not busy)
-        self.eval.set_enabled(not busy)
+        for select in (self.train, self.eval, self.ranks):
+            select.set_enabled(not busy)
         self.pending.set_text("applying…" if busy else "")
         self.pending.set_visibility(busy)
 
