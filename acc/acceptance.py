@@ -70,14 +70,16 @@ def wait_job(client: TrainerClient, job_id: str, timeout: float, label: str, eve
 
 
 @contextmanager
-def own_trainer(*options: str, log_path: Path | None = None) -> Iterator[str]:
-    """`acc trainer --fresh [options]` on a free port over a temporary workspace; its output goes
-    to `log_path` (default: this process's). Stopped at the end of the block."""
-    with tempfile.TemporaryDirectory(prefix="acc-acceptance-") as workspace, \
+def own_trainer(*options: str, log_path: Path | None = None, launcher: tuple[str, ...] = (sys.executable,),
+                workspace: str | None = None) -> Iterator[str]:
+    """`acc trainer --fresh [options]` on a free port over a temporary workspace (or `workspace`),
+    started by `launcher` (e.g. torchrun and its options); its output goes to `log_path` (default:
+    this process's). Stopped at the end of the block."""
+    with tempfile.TemporaryDirectory(prefix="acc-acceptance-") as scratch, \
             (open(log_path, "wb") if log_path else contextlib.nullcontext()) as log:
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "acc", "trainer", "--fresh", "--port", str(port),
-                                    "--workspace", workspace, *options],
+        process = subprocess.Popen([*launcher, "-m", "acc", "trainer", "--fresh", "--port", str(port),
+                                    "--workspace", workspace or scratch, *options],
                                    stdout=log, stderr=subprocess.STDOUT if log else None)
         url = f"http://127.0.0.1:{port}"
         where = f"; see {log_path}" if log_path else ""

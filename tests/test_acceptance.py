@@ -47,12 +47,11 @@ def test_m6_acceptance_passes_in_full():
     assert len(compared) == 2 and all("the control" in line for line in compared), result.stdout
 
 
-def test_m4_acceptance_evaluates_beside_training_and_says_ddp_is_missing():
-    """Mode 1 (an evaluation worker beside training) passes; the data-parallel checks fail, saying
-    that it is not built yet (issue 12, mode 2), so the script exits 1 until it is."""
+def test_m4_acceptance_evaluates_beside_training_and_trains_data_parallel():
+    """Mode 1 (an evaluation worker beside training) and mode 2 (2 ranks on the CPU, gloo): the
+    throughput reported, checkpoints moving between one device and two ranks."""
     result = subprocess.run([sys.executable, "-m", "acc.test_m4"], capture_output=True, text=True, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert len(lines) == 7, result.stdout + result.stderr
-    assert all(line.startswith("PASS") for line in lines[:5]), result.stdout
-    assert all(line.startswith("FAIL") and "not built yet" in line for line in lines[5:]), result.stdout
-    assert result.returncode == 1 and "leaked semaphore" not in result.stderr
+    assert len(lines) == 8 and all(line.startswith("PASS") for line in lines), result.stdout + result.stderr
+    assert "samples/s on cpu alone" in result.stdout and "not required to be higher" in result.stdout
+    assert result.returncode == 0 and "leaked semaphore" not in result.stderr

@@ -138,9 +138,10 @@ def get_state(session: SessionDep) -> State:
 @router.get("/fingerprints", response_model=Fingerprints)
 def fingerprints(session: SessionDep) -> Fingerprints:
     """sha256 of the model's and each task head's tensors, taken between two steps: this one waits
-    for the current step (GET /api/state never does)."""
+    for the current step (GET /api/state never does); `ranks`: every rank's."""
     with engine_errors():
-        return Fingerprints(**session.engine.fingerprints())
+        ranks = session.engine.rank_fingerprints()
+        return Fingerprints(**ranks[0], ranks=[Fingerprints(**r) for r in ranks])
 
 
 @router.post("/train", response_model=State, dependencies=Manual)

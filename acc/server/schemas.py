@@ -62,6 +62,8 @@ class Fingerprints(BaseModel):
     """sha256 (hex) of the model's tensors and of each task head's: equal hashes, equal weights."""
     model: str
     tasks: dict[str, str]
+    ranks: list["Fingerprints"] = Field(default_factory=list, description="every rank's, in rank order (one "
+                                        "on one device): all equal while data-parallel ranks are in step")
 
 
 class State(BaseModel):
