@@ -11,7 +11,10 @@ default Factor-Slot model with a ReconstructionTask-like loss, and one rank alon
 2. the gradient all-reduce: one flat all-reduce of every gradient (what `Ranks.average_gradients`
    does) against one all-reduce per parameter (what a naive loop does), median ms;
 3. the per-step command check (`Ranks.commands([])`: a one-integer broadcast on the CPU group) as
-   a fraction of a training step (target under 2%).
+   a fraction of a training step (target under 2%);
+4. the trainer itself (`Engine`, a ReconstructionTask on MNIST, evaluation off): samples/s on one
+   device and on N ranks (`Engine.set_ranks`, what `acc trainer --ddp N` does), interleaved
+   repeats, so the step boundary's messages and the agreement on task errors are in the figure.
 
 On a CPU the ranks share the cores: more ranks are not expected to be faster there, and the output
 says so; on GPUs the target is at least 1.6x for 2 ranks at a per-rank batch of 256 or more.
@@ -108,6 +111,28 @@ def rank_main(rank: int, world: int, folder: str, args: argparse.Namespace) -> N
         ranks.close()
 
 
+def engine_samples_per_s(args: argparse.Namespace, folder: str) -> tuple[float, float]:
+    """The trainer's samples/s on one device and on `args.ranks` ranks (medians of interleaved repeats)."""
+    from acc.engine import EngineConfig
+    from acc.engine.session import Session
+
+    config = EngineConfig(batch_size=args.batch, eval_every=0, autosave_every_s=0,
+                          device=str(device_of(0, args.backend)))
+    rates: dict[int, list[float]] = {1: [], args.ranks: []}
+    with Session.open(f"{folder}/workspace", config, watch=False) as session:
+        engine = session.engine
+        engine.add_task("ReconstructionTask")
+        for _ in range(args.repeats):
+            for world in rates:
+                engine.set_ranks(world)
+                engine.train(5)  # warm up (and the followers' first rebuild)
+                start = time.perf_counter()
+                engine.train(args.steps)
+                rates[world].append(args.steps * args.batch * world / (time.perf_counter() - start))
+        engine.set_ranks(1)
+    return statistics.median(rates[1]), statistics.median(rates[args.ranks])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2)
@@ -127,6 +152,7 @@ def main() -> None:
         for _ in range(args.repeats):
             alone_global.append(samples_per_s(Ranks(), args.batch, args.steps, single_device))
         measured = torch.load(f"{folder}/ranks.pt", weights_only=True)
+        engine_alone, engine_ranks = engine_samples_per_s(args, folder)
 
     alone = statistics.median(alone_rate + alone_global)
     step_ms = 1000 * args.batch / alone
@@ -145,6 +171,8 @@ def main() -> None:
           f"({measured['each_ms'] / measured['flat_ms']:.1f} x)")
     print(f"command check per step {measured['check_ms']:.3f} ms = {100 * measured['check_ms'] / step_ms:.2f}% "
           f"of a 1-rank step ({step_ms:.1f} ms; target under 2%)")
+    print(f"the trainer (Engine), batch {args.batch} per rank: 1 device {engine_alone:10.0f} samples/s, "
+          f"{args.ranks} ranks {engine_ranks:10.0f} samples/s   {engine_ranks / engine_alone:5.2f} x")
 
 
 if __name__ == "__main__":
