@@ -76,7 +76,8 @@ class EvalWorker:
 
     def factoring(self, request: dict, progress: Callable[[float, str], None] | None = None) -> Future:
         """Run one factoring evaluation (`acc.engine.factoring.evaluate_checkpoint`'s arguments as
-        plain data); its Future gets the report."""
+        plain data); its Future gets the report. `{"prepare": True}` only builds the workspace's
+        evaluator there (held-out sets, digit classifier), written to the workspace."""
         job = _Request({"kind": "factoring", **request}, progress=progress)
         with self._cond:
             self._jobs.append(job)
@@ -246,6 +247,8 @@ class _Worker:
         if self.factoring_service is None:
             progress(0.0, "building the held-out sets and the digit classifier")
             self.factoring_service = load_evaluator(self.workspace)
+        if request.get("prepare"):  # only the evaluator: the parent then reads it from the workspace
+            return {}
         config = FactoringConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in request["config"].items()})
         return evaluate_checkpoint(request["row"], config, self.factoring_service, Path(request["folder"]),
                                    self.device, progress)

@@ -102,6 +102,11 @@ class FactoringService:
             def progress(fraction: float, stage: str) -> None:
                 self._jobs[job.id] = (row["id"], stage)
                 self.jobs.progress(job, fraction)
+            worker = self.worker()
+            if worker is not None and self._evaluator is None:
+                # What a first evaluation builds (the held-out sets, the digit classifier: a minute
+                # on a CPU) is built in the worker too, off the training process; here it is read.
+                worker.factoring({"prepare": True}, progress).result()
             evaluator = self.evaluator(progress)
             key = self.key(row, config, evaluator)
             stored = self.store.factoring(row["id"], key)
