@@ -120,6 +120,14 @@ def test_a_killed_rank_leaves_training_on_rank_0_alone(two_ranks):
     step = engine.state()["step"]
     engine.stop()
     assert engine.train(2)["step"] == step + 2  # rank 0 goes on, alone
+    # A new job after the broken one; its rank killed while idle, then back to one device at once.
+    assert engine.set_ranks(2)["ranks"] == 2
+    engine.train(1)
+    in_step(engine)
+    engine._rank_processes[0].kill()
+    engine._rank_processes[0].join(10)
+    assert engine.set_ranks(1)["mode"] == "single"
+    assert engine.train(1)["step"] == step + 4
 
 
 def test_ranks_that_cannot_be_refused_and_change_nothing(session):

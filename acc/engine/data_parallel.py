@@ -100,13 +100,24 @@ class DataParallel:
         try:
             self.ranks.commands([{"kind": "close"}])
             self.ranks.close()
-        finally:
-            self._left_job()
+        except Exception as e:  # a rank died since the last boundary: there is no one left to tell
+            log.warning("ending the data-parallel job: %s", error_text(e))
+            self._abandon_job()
+            return
+        self._left_job()
 
     def _lose_ranks(self, error: Exception) -> None:
         """A collective failed (a rank died, or a step failed here and the ranks are out of step):
         the job ends and training goes on here alone, paused, the state as it was."""
         world = self.ranks.world
+        self._abandon_job()
+        self._share_cores()
+        self._set_status("paused")
+        self._emit_error(None, f"data-parallel training on {world} ranks stopped at step {self.step} "
+                               f"({error_text(error)}); training is paused and continues on {self.device} alone")
+
+    def _abandon_job(self) -> None:
+        """Leave a job whose ranks are out of step, without a collective: none would complete."""
         try:
             dist.destroy_process_group()
         except Exception:  # the group is broken already: there is nothing else to undo
@@ -114,10 +125,6 @@ class DataParallel:
         for process in self._rank_processes:
             process.terminate()
         self._left_job()
-        self._share_cores()
-        self._set_status("paused")
-        self._emit_error(None, f"data-parallel training on {world} ranks stopped at step {self.step} "
-                               f"({error_text(error)}); training is paused and continues on {self.device} alone")
 
     def _left_job(self) -> None:
         stop_processes(self._rank_processes)
