@@ -48,14 +48,30 @@ class MnistOnly5k(MnistBase):
 class Curriculum5k(MnistBase):
     """Same base, then thickness and slant regression on their own slots, on generated data."""
 
+    fork = "curriculum_5k"
+
     def run(self, r):
         # Generated on the first run (same generator, size, seed and ranges every time), reused after.
         thickness = r.dataset("thickness_5k", generator="ThicknessGenerator", n=5000, low=1.5, high=5.5)
         slant = r.dataset("slant_5k", generator="SlantGenerator", n=5000, low=-0.6, high=0.6)
-        with r.fork(self.base(r), "curriculum_5k"):
-            r.add_task("RegressionTask", name="thickness", latent="thickness", dataset=thickness, target="thickness")
-            r.add_task("RegressionTask", name="slant", latent="slant", dataset=slant, target="slant")
-            # The decoder learns the generated images too, or traversals leave the data manifold.
-            r.add_task("ReconstructionTask", name="recon_thickness", dataset=thickness, weight=0.5)
-            r.add_task("ReconstructionTask", name="recon_slant", dataset=slant, weight=0.5)
+        with r.fork(self.base(r), self.fork):
+            self.curriculum(r, thickness, slant)
             r.train(steps=4000)
+
+    def curriculum(self, r, thickness: str, slant: str):
+        r.add_task("RegressionTask", name="thickness", latent="thickness", dataset=thickness, target="thickness")
+        r.add_task("RegressionTask", name="slant", latent="slant", dataset=slant, target="slant")
+        # The decoder learns the generated images too, or traversals leave the data manifold.
+        r.add_task("ReconstructionTask", name="recon_thickness", dataset=thickness, weight=0.5)
+        r.add_task("ReconstructionTask", name="recon_slant", dataset=slant, weight=0.5)
+
+
+class CurriculumSwap5k(Curriculum5k):
+    """Curriculum5k plus thickness swaps (ThicknessSwapTask): the decoder must read thickness from
+    its slot. A third branch of the same base, beside the M5 pair (which it leaves as they are)."""
+
+    fork = "curriculum_swap_5k"
+
+    def curriculum(self, r, thickness: str, slant: str):
+        super().curriculum(r, thickness, slant)
+        r.add_task("ThicknessSwapTask", name="swap")

@@ -98,13 +98,15 @@ class Task:
         return nn.Linear(in_dim, self.out_dim)
 
     def bind(self, model: nn.Module) -> None:
-        """Attach to a model: resolve the latent slice and build the head."""
+        """Attach to a model: resolve the latent slice and build the head. The model is kept as
+        `self.model` for a task that encodes or decodes inputs of its own (e.g. `ThicknessSwapTask`)."""
         if self.latent not in model.latent_slices:
             raise ValueError(f"task {self.name!r}: latent {self.latent!r} is not one of the model's "
                              f"latent groups {sorted(model.latent_slices)}")
         self.slice = model.latent_slices[self.latent]
         self.recon_logits = bool(model.recon_logits)
         self.head = self.build_head(self.slice.stop - self.slice.start)
+        self.model = model
 
     def check_data(self, dataset: Dataset) -> None:
         """Refuse a dataset this task cannot train on (raise ValueError saying why), checked when
