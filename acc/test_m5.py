@@ -17,6 +17,11 @@ other in `thickness-side-by-side.png`), under `--out` (default: a new folder in 
 
 Each step prints PASS or FAIL; the exit code is 0 only if all pass, at every seed. The recipes run
 on CPU for a long time (1,000 + 4,000 + 4,000 steps); progress is printed every minute.
+
+`--also RECIPE` (repeatable, e.g. `--also curriculum_swap_5k`) runs further branches of the same
+base after the pair, puts them in the table and compares each with mnist_only_5k the same way. Those
+comparisons print as `also PASS` / `also FAIL`: they are reported, not part of the exit code, which
+stays the verdict on the pair the roadmap names.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class Result:
     table: str
     seed: int | None = None
     out: Path | None = None
+    also: Checklist | None = None  # the comparisons of the `--also` arms, outside the verdict
 
 
 # ---- talking to the trainer ---------------------------------------------------------------------
@@ -242,9 +248,18 @@ def compare(c: Checklist, baseline: Outcome, curriculum: Outcome) -> None:
                       f"slot {concept.get('slot')} {_num(info.get('own'))}", flush=True)
 
 
+class Reported(Checklist):
+    """The comparisons of the `--also` arms: printed like checks, never counted in the verdict."""
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        print("also ", end="")
+        return super().check(name, ok, detail)
+
+
 def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICULUM), out: Path | None = None,
-        recipe_timeout: float = 6 * 3600, factoring_timeout: float = 3600, seed: int | None = None) -> Result:
-    """The whole M5 check against the trainer at `url`: both arms, the table, the comparison."""
+        recipe_timeout: float = 6 * 3600, factoring_timeout: float = 3600, seed: int | None = None,
+        also: Sequence[Arm] = ()) -> Result:
+    """The whole M5 check against the trainer at `url`: both arms (and any `also`), the table, the comparison."""
     out = Path(out or tempfile.mkdtemp(prefix="acc-m5-"))
     out.mkdir(parents=True, exist_ok=True)
     c = Checklist()
@@ -255,10 +270,16 @@ def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICUL
         c.check("both recipes listed", all(_listed(arm.recipe, recipes) for arm in arms), ", ".join(recipes))
         for arm in arms:
             outcomes.append(run_arm(c, client, arm, out / "figures", recipe_timeout, factoring_timeout))
-    baseline, curriculum = outcomes
+        extra = Reported()
+        for arm in also:
+            outcomes.append(run_arm(extra, client, arm, out / "figures", recipe_timeout, factoring_timeout))
+    baseline, curriculum = outcomes[:2]
     parents = [o.checkpoint.get("parent") if o.checkpoint else None for o in outcomes]
     c.check("both branches fork from one parent checkpoint (they differ in one variable)",
-            parents[0] is not None and parents[0] == parents[1], f"parents {parents}")
+            parents[0] is not None and parents[0] == parents[1], f"parents {parents[:2]}")
+    if also:
+        extra.check("every further branch forks from the same parent", all(p == parents[0] for p in parents),
+                    f"parents {parents[2:]}")
 
     printed = table(outcomes)
     print(f"\nfactoring reports{f' (seed {seed})' if seed is not None else ''}:\n{printed}\n", flush=True)
@@ -271,9 +292,11 @@ def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICUL
     c.check("table of both reports printed, with the figures", bool(printed) and both is not None,
             f"figures under {out}")
     compare(c, baseline, curriculum)
+    for o in outcomes[2:]:
+        compare(extra, baseline, o)
     print(f"{'ALL PASS' if not c.failed else f'{c.failed} FAILED'}"
           f"{f' (seed {seed})' if seed is not None else ''}", flush=True)
-    return Result(0 if not c.failed else 1, c, outcomes, printed, seed, out)
+    return Result(0 if not c.failed else 1, c, outcomes, printed, seed, out, extra)
 
 
 def _listed(recipe: str, names: list[str]) -> bool:
@@ -282,26 +305,32 @@ def _listed(recipe: str, names: list[str]) -> bool:
 
 
 def summary(results: Sequence[Result]) -> str:
-    """One line per seed: both UFRs, both thickness |rho|, curriculum's class_kept, the verdict."""
-    head = f"{'seed':>6} {'UFR base':>9} {'UFR curr':>9} {'|rho| base':>11} {'|rho| curr':>11} {'kept curr':>10}  verdict"
-    lines = [head]
+    """One line per seed and branch: UFR, thickness |rho|, range and class_kept; the seed's verdict."""
+    lines = [f"{'seed':>6} {'branch':<22} {'UFR':>7} {'|rho|':>7} {'range':>7} {'kept':>6}  verdict"]
     for r in results:
-        reports = [o.report or {} for o in r.outcomes] if len(r.outcomes) == 2 else [{}, {}]
-        rho = [abs(x["rho"]) if (x := rep.get("traversal", {}).get(CONCEPT, {})).get("rho") is not None else None
-               for rep in reports]
-        kept = reports[1].get("traversal", {}).get(CONCEPT, {}).get("class_kept")
-        lines.append(f"{_num(r.seed):>6} {_num(reports[0].get('ufr')):>9} {_num(reports[1].get('ufr')):>9} "
-                     f"{_num(rho[0]):>11} {_num(rho[1]):>11} {_num(kept):>10}  "
-                     f"{'PASS' if r.code == 0 else f'{r.steps.failed} FAILED'}")
+        for i, o in enumerate(r.outcomes):
+            report = o.report or {}
+            t = report.get("traversal", {}).get(CONCEPT, {})
+            rho = abs(t["rho"]) if t.get("rho") is not None else None
+            verdict = ("PASS" if r.code == 0 else f"{r.steps.failed} FAILED") if i == 1 else ""
+            if i > 1 and r.also is not None:
+                verdict = "(also: " + ("pass" if not r.also.failed else f"{r.also.failed} failed") + ")"
+            lines.append(f"{_num(r.seed):>6} {o.arm.checkpoint:<22} {_num(report.get('ufr')):>7} {_num(rho):>7} "
+                         f"{_num(t.get('range')):>7} {_num(t.get('class_kept')):>6}  {verdict}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = seed_parser(__doc__)
     parser.add_argument("--out", type=Path, help="folder for the figures and trainer logs (default: a new temp folder)")
+    parser.add_argument("--also", action="append", default=[], metavar="RECIPE",
+                        help="a further branch of the same base (its checkpoint named like the recipe), "
+                             "compared with mnist_only_5k and reported outside the verdict; repeatable")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="acc-m5-"))
-    return run_per_seed(args, lambda url, token, seed, folder: run(url, token, out=folder, seed=seed), out, summary)
+    also = [Arm(recipe, recipe) for recipe in args.also]
+    return run_per_seed(args, lambda url, token, seed, folder: run(url, token, out=folder, seed=seed, also=also),
+                        out, summary)
 
 
 if __name__ == "__main__":
