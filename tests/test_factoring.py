@@ -26,6 +26,11 @@ def _png(response) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 
 
+def _listed(http, checkpoint: dict) -> dict:
+    """The checkpoint's row in GET /api/checkpoints."""
+    return next(row for row in http.get("/api/checkpoints").json() if row["id"] == checkpoint["id"])
+
+
 @pytest.fixture
 def trained(trainer_factory):
     """A trainer with a checkpoint of a tiny Factor-Slot model that trained a few steps with a digit task."""
@@ -41,6 +46,7 @@ def test_a_checkpoint_is_evaluated_beside_training_and_its_report_and_figures_ar
     with trainer.client() as http, sse(trainer, read_timeout=300) as events:
         events.wait_for("hello")
         assert http.get(f"/api/checkpoints/{checkpoint['id']}/factoring").status_code == 404  # none yet
+        assert _listed(http, checkpoint)["ufr"] is None
         engine.start()  # training goes on while it evaluates
         before = engine.fingerprints()["model"]
         response = http.post(f"/api/checkpoints/{checkpoint['id']}/factoring", json={})
@@ -60,6 +66,7 @@ def test_a_checkpoint_is_evaluated_beside_training_and_its_report_and_figures_ar
             assert concept["slot"] == name and 0 <= concept["I"] <= 1 and 0 <= concept["L"] <= 1
             assert len(concept["P"]) == len(concept["contexts"])
         assert 0 <= report["ufr"] <= 1 and report["assignment_rule"] == "given"
+        assert _listed(http, checkpoint)["ufr"] == report["ufr"]  # the tree's badge, without a request per node
         assert report["slot_info"]["slots"] == ["digit", "thickness", "slant", "style"]
         assert {"rho", "range", "class_kept"} <= set(report["traversal"]["thickness"])
         probe = report["traversal"]["thickness"]["probe"]  # the diagnosis beside it

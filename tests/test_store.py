@@ -116,6 +116,21 @@ def test_checkpoints_round_trip_and_reopen(tmp_path):
         assert [c["id"] for c in store.checkpoints()] == ["c1", "c2"]
 
 
+
+def test_factoring_reports_newest_wins_and_the_listing_has_each_ufr(store):
+    store.add_checkpoint("c1", None, "a", None, 10, "/ck/c1", {})
+    store.add_checkpoint("c2", None, "b", "c1", 20, "/ck/c2", {})
+    store.add_checkpoint("c3", None, "c", "c1", 30, "/ck/c3", {})
+    store.put_factoring("c1", "settings-1", {"ufr": 0.25})
+    store.put_factoring("c1", "settings-2", {"ufr": 0.5})  # newer settings: the badge shows this one
+    store.put_factoring("c2", "settings-1", {"ufr": None})  # a model without a score is listed as such
+    assert store.factoring("c1")["ufr"] == 0.5 and store.factoring("c1", "settings-1")["ufr"] == 0.25
+    assert store.newest_ufrs() == {"c1": 0.5, "c2": None}  # c3 has never been evaluated
+    store.put_factoring("c1", "settings-1", {"ufr": 0.75})  # re-run of the older settings: newest again
+    assert store.newest_ufrs()["c1"] == 0.75
+    store.delete_checkpoint("c1")
+    assert store.newest_ufrs() == {"c2": None} and store.factoring("c1") is None
+
 def test_metrics_round_trip_keys_and_reopen(tmp_path):
     path = tmp_path / "acc.sqlite"
     with Store(path) as store:

@@ -101,13 +101,13 @@ def _task_state(state: EngineTaskState) -> TaskState:
     return TaskState(**asdict(state))
 
 
-def _checkpoint(row: dict, run_names: dict[int, str]) -> Checkpoint:
+def _checkpoint(row: dict, run_names: dict[int, str], ufr: float | None = None) -> Checkpoint:
     """The API's view of a store row; the branch is the meta's, else (older checkpoints) the run's name."""
     meta = row["meta"]
     return Checkpoint(id=row["id"], name=row["name"], parent=row["parent"], step=row["step"],
                       branch=meta.get("branch") or run_names.get(row["run_id"]), metrics=meta.get("metrics", {}),
                       created=row["created"], run_id=row["run_id"], tasks=meta.get("tasks", []),
-                      model=meta.get("model", {}), expansion=meta.get("expansion"))
+                      model=meta.get("model", {}), expansion=meta.get("expansion"), ufr=ufr)
 
 
 def _run_names(session: Session) -> dict[int, str]:
@@ -259,8 +259,8 @@ def reconstructions(session: SessionDep, n: Annotated[int, Query(ge=1, le=64)] =
 @router.get("/checkpoints", response_model=list[Checkpoint])
 def checkpoints(session: SessionDep) -> list[Checkpoint]:
     """Every checkpoint of the workspace, oldest first; `parent` links make the tree."""
-    run_names = _run_names(session)
-    return [_checkpoint(row, run_names) for row in session.store.checkpoints()]
+    run_names, ufrs = _run_names(session), session.store.newest_ufrs()
+    return [_checkpoint(row, run_names, ufrs.get(row["id"])) for row in session.store.checkpoints()]
 
 
 @router.get("/checkpoints/{id}/metrics", response_model=Metrics)

@@ -127,6 +127,7 @@ class Checkpoint(BaseModel):
     model: dict[str, Any] = Field(default_factory=dict, description="the model's config")
     expansion: dict[str, Any] | None = Field(None, description="a checkpoint made by expanding the model: where, "
                                              "init, seed, params_before, params_after, from (the node it grew from), step")
+    ufr: float | None = Field(None, description="UFR of its newest factoring report (M5); null before any")
 
 
 class ExpansionPoint(BaseModel):

@@ -489,6 +489,13 @@ class Store:
         row = self._conn().execute(query + " ORDER BY created DESC LIMIT 1", args).fetchone()
         return {**json.loads(row[2]), "key": row[0], "created": row[1]} if row else None
 
+    def newest_ufrs(self) -> dict[str, float | None]:
+        """Each evaluated checkpoint's UFR from its newest report, in one query (the tree's badges)."""
+        rows = self._conn().execute(
+            "SELECT checkpoint_id, json_extract(report, '$.ufr') FROM factoring AS f WHERE created = "
+            "(SELECT MAX(created) FROM factoring WHERE checkpoint_id = f.checkpoint_id)").fetchall()
+        return dict(rows)
+
     # -- the writer thread -------------------------------------------------------------------------
 
     def _write_loop(self) -> None:

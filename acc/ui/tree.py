@@ -13,7 +13,6 @@ follows its progress from the stream.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -212,7 +211,6 @@ class CheckpointTree:
         self.link = link
         self.rows: dict[str, dict[str, Any]] = {}
         self.evals: dict[str, dict[str, Any]] = {}  # checkpoint id -> {"ufr", "status", "progress", "stage", "error"}
-        self._known: set[str] = set()  # checkpoints whose report has been asked for
         with ui.row().classes("full-width items-center"):
             ui.label("Checkpoints").classes("acc-title")
             ui.space()
@@ -251,8 +249,10 @@ class CheckpointTree:
         if rows is None:
             return
         self.rows = {row["id"]: row for row in rows}
+        for row in rows:  # the listing carries each node's newest UFR
+            if row.get("ufr") is not None:
+                self.evals.setdefault(row["id"], {})["ufr"] = row["ufr"]
         self._draw()
-        await self._load_reports([i for i in self.rows if i not in self._known])
 
     async def load_all(self) -> None:
         """The checkpoints, their UFRs and the factoring jobs running now (a page opening)."""
@@ -260,21 +260,6 @@ class CheckpointTree:
         jobs = await fetch(self.link.client.jobs)
         if jobs is not None:
             self.show_jobs(jobs)
-
-    async def _load_reports(self, ids: list[str]) -> None:
-        """The UFR of each checkpoint's newest report (one request each: the checkpoint list has none)."""
-        if not ids:
-            return
-        self._known.update(ids)
-        reports = await asyncio.gather(*(fetch(self.link.client.factoring_or_none, i) for i in ids))
-        changed = False
-        for checkpoint_id, report in zip(ids, reports):
-            if report is not None:
-                state = self.evals.setdefault(checkpoint_id, {})
-                changed |= state.get("ufr") != report.get("ufr")
-                state["ufr"] = report.get("ufr")
-        if changed:
-            self._draw()
 
     def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
         """Factoring jobs running as the page opens (a job names its checkpoint; events follow)."""
