@@ -52,7 +52,7 @@ def test_a_checkpoint_is_evaluated_beside_training_and_its_report_and_figures_ar
         response = http.post(f"/api/checkpoints/{checkpoint['id']}/factoring", json={})
         assert response.status_code == 202, response.text
         job = response.json()
-        assert job["kind"] == "factoring"
+        assert job["kind"] == "factoring" and job["checkpoint"] == checkpoint["id"]  # names need not be unique
         done = events.wait_for("factoring", lambda e: e["job"] == job["id"] and e["status"] in ("done", "failed"),
                                timeout=300)
         assert done["status"] == "done", done

@@ -119,7 +119,7 @@ class FactoringService:
         def register(job: Job) -> None:
             self._jobs[job.id] = (row["id"], "queued")
 
-        return self.jobs.submit("factoring", row["name"], work, prepare=register)
+        return self.jobs.submit("factoring", row["name"], work, prepare=register, checkpoint=row["id"])
 
     def report(self, checkpoint_id: str) -> dict | None:
         """The checkpoint's newest report (KeyError for an unknown checkpoint)."""

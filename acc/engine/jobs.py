@@ -33,6 +33,7 @@ class Job:
     finished: float | None = None
     owns_engine: bool = False
     autosaved: dict | None = None  # the checkpoint that saved the training a recipe replaced
+    checkpoint: str | None = None  # the checkpoint a factoring job evaluates (names need not be unique)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -64,7 +65,7 @@ class JobManager:
         self._subscribers.publish(job)
 
     def submit(self, kind: str, name: str, work: Callable[[Job], dict | None], owns_engine: bool = False,
-               prepare: Callable[[Job], None] | None = None) -> Job:
+               prepare: Callable[[Job], None] | None = None, checkpoint: str | None = None) -> Job:
         """Start `work(job)` on a thread; it may set `job.progress` and should watch `job.cancel`.
         `prepare(job)` runs first, on the caller's thread, once the job holds the engine (if it
         owns it): what it raises is raised here, and the job is dropped."""
@@ -73,7 +74,7 @@ class JobManager:
             if owns_engine and owner is not None:
                 raise JobConflict(f"job {owner.id} ({owner.kind} {owner.name!r}) is driving the engine; "
                                   "cancel it or wait for it to finish")
-            job = Job(id=str(next(self._ids)), kind=kind, name=name, owns_engine=owns_engine)
+            job = Job(id=str(next(self._ids)), kind=kind, name=name, owns_engine=owns_engine, checkpoint=checkpoint)
             self._jobs[job.id] = job
         if prepare is not None:
             try:

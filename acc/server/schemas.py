@@ -265,6 +265,7 @@ class Job(BaseModel):
     owns_engine: bool
     autosaved: dict[str, Any] | None = Field(None, description="a recipe's: {id, name, step} of the checkpoint "
                                              "that saved the unsaved training it replaced")
+    checkpoint: str | None = Field(None, description="a factoring job's: the id of the checkpoint it evaluates")
 
 
 class RecipeRun(Request):

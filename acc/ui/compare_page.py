@@ -93,7 +93,7 @@ class ComparePage(LivePage):
             await self._load_reports()
             jobs = await run.io_bound(self.link.client.jobs) or []
             for side in SIDES:
-                self.runners[side].show_jobs(jobs, self.chosen[side]["name"])
+                self.runners[side].show_jobs(jobs)
         self._draw()
 
     def _show_checkpoints(self, rows: list[dict[str, Any]]) -> None:

@@ -183,7 +183,7 @@ class EvalPage(LivePage):
             return
         report = await run.io_bound(self.link.client.factoring_or_none, self.row["id"])
         jobs = await run.io_bound(self.link.client.jobs)
-        self.runner.show_jobs(jobs or [], self.row["name"])
+        self.runner.show_jobs(jobs or [])
         self._draw(report)
 
     def _show_checkpoints(self, rows: list[dict[str, Any]]) -> None:

@@ -334,10 +334,10 @@ class EvalRunner:
         if job is FAILED:
             self._idle("")
 
-    def show_jobs(self, jobs: list[dict[str, Any]], name: str) -> None:
-        """A factoring job of this checkpoint (named after it) already running when the page opens."""
+    def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """A factoring job of this checkpoint already running when the page opens."""
         for job in jobs:
-            if job["kind"] == "factoring" and job["name"] == name and job["status"] in RUNNING:
+            if job["kind"] == "factoring" and job.get("checkpoint") == self.checkpoint_id and job["status"] in RUNNING:
                 self.show({"checkpoint": self.checkpoint_id, "status": job["status"], "progress": job["progress"],
                            "stage": job["status"]})
 

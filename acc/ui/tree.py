@@ -262,11 +262,10 @@ class CheckpointTree:
             self.show_jobs(jobs)
 
     def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
-        """Factoring jobs running as the page opens (a job names its checkpoint; events follow)."""
-        by_name = {row["name"]: row["id"] for row in self.rows.values()}
+        """Factoring jobs running as the page opens (a job carries its checkpoint's id; events follow)."""
         for job in jobs:
-            if job["kind"] == "factoring" and job["status"] in RUNNING and job["name"] in by_name:
-                self.evals.setdefault(by_name[job["name"]], {}).update(
+            if job["kind"] == "factoring" and job["status"] in RUNNING and job.get("checkpoint") in self.rows:
+                self.evals.setdefault(job["checkpoint"], {}).update(
                     status=job["status"], progress=job["progress"], stage=job["status"])
         self._draw()
 
