@@ -51,9 +51,12 @@ def test_acc_ui_on_the_network_needs_a_token_of_its_own(args, env, expected):
 
 def test_without_logging_in_nothing_but_the_login_page(live_trainer):
     with dashboard_with_login(live_trainer.base_url) as url, httpx.Client(base_url=url, timeout=10) as anonymous:
-        for path in ("/", "/anything", "/?x=1"):  # NiceGUI renders its root page for unknown paths too
+        # NiceGUI renders its root page for unknown paths too; the page asked for comes back after the login
+        for path, location in (("/", "/login"), ("/anything", "/login?next=%2Fanything"),
+                               ("/?x=1", "/login?next=%2F%3Fx%3D1"),
+                               ("/compare?a=1&b=2", "/login?next=%2Fcompare%3Fa%3D1%26b%3D2")):
             response = anonymous.get(path)
-            assert response.status_code == 303 and response.headers["location"].endswith("/login"), path
+            assert response.status_code == 303 and response.headers["location"] == location, path
         for path in ("/_acc/history/x", "/_acc/static/1/uPlot.min.css", "/_nicegui_ws/socket.io/?EIO=4&transport=polling",
                      f"/_nicegui/{nicegui_version}/static/nicegui.js", "/_nicegui/auto/static/x"):
             response = anonymous.get(path)
@@ -65,13 +68,26 @@ def test_without_logging_in_nothing_but_the_login_page(live_trainer):
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             websockets.sync.client.connect(ws_url, open_timeout=10)
         assert refused.value.response.status_code == 403
-        wrong = anonymous.post("/login", data={"token": UI_TOKEN + "x"})
+        wrong = anonymous.post("/login", data={"token": UI_TOKEN + "x", "next": "/checkpoints"})
         assert wrong.status_code == 401 and "Wrong token" in wrong.text
+        assert 'name="next" value="/checkpoints"' in wrong.text  # the form keeps where to go
         assert anonymous.get("/").status_code == 303  # still out
+        form = anonymous.get("/login", params={"next": "/compare?a=1&b=2"}).text
+        assert 'name="next" value="/compare?a=1&amp;b=2"' in form
+        # `next` never leads off this dashboard
+        for elsewhere in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "evil", "/x\r\nSet-Cookie: a=b"):
+            assert 'name="next" value="/"' in anonymous.get("/login", params={"next": elsewhere}).text, elsewhere
+            assert anonymous.post("/login", data={"token": UI_TOKEN + "x", "next": elsewhere}).status_code == 401
 
-        right = anonymous.post("/login", data={"token": UI_TOKEN})
+        right = anonymous.post("/login", data={"token": UI_TOKEN, "next": "https://evil.example/"})
         assert right.status_code == 303 and right.headers["location"] == "/"
         assert anonymous.get("/").status_code == 200  # the session cookie now lets it in
+        again = anonymous.get("/login", params={"next": "/checkpoints"})  # logged in already: straight there
+        assert again.status_code == 303 and again.headers["location"] == "/checkpoints"
+        fresh = httpx.Client(base_url=url, timeout=10)
+        with fresh:
+            bookmarked = fresh.post("/login", data={"token": UI_TOKEN, "next": "/compare?a=1&b=2"})
+            assert bookmarked.status_code == 303 and bookmarked.headers["location"] == "/compare?a=1&b=2"
         with websockets.sync.client.connect(ws_url, open_timeout=10,
                                             additional_headers={"Cookie": session_cookie(anonymous)}):
             pass  # accepted
@@ -105,4 +121,14 @@ def test_the_browser_logs_in_with_the_right_token_only(live_trainer, page):  # n
         page.reload()  # the login lasts: the session cookie
         expect(page.locator('[data-task="reconstruction_task"]')).to_be_visible(timeout=WAIT_MS)
         expect(page).to_have_url(f"{url}/")
+
+
+def test_a_bookmarked_page_opens_after_the_login(live_trainer, page):  # noqa: F811 (fixture)
+    with dashboard_with_login(live_trainer.base_url) as url:
+        page.goto(f"{url}/checkpoints")
+        expect(page).to_have_url(f"{url}/login?next=%2Fcheckpoints", timeout=WAIT_MS)
+        page.locator('[data-role="token"]').fill(UI_TOKEN)
+        page.locator('[data-role="login"]').click()
+        expect(page).to_have_url(f"{url}/checkpoints", timeout=WAIT_MS)
+        expect(page.locator('[data-role="checkpoint-tree"]')).to_be_visible(timeout=WAIT_MS)
 

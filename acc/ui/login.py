@@ -5,8 +5,9 @@ bind but loopback, `acc.server.auth.check_bind`) every request needs a session t
 `LoginGate`, a plain ASGI middleware, sits in front of every route NiceGUI has: the pages (and the
 404 handler, which renders the root page too), `/_nicegui/...` (assets and client routes), the
 socket.io websocket and its polling fallback under `/_nicegui_ws/`, and our own `/_acc/...`. Only
-`/login` and `/favicon.ico` are public. A page asks to log in (303 to `/login`); anything else gets
-401, and a websocket is closed before it is accepted.
+`/login` and `/favicon.ico` are public. A page asks to log in (303 to `/login?next=<the page>`, so
+that a bookmarked or shared page opens after the login); anything else gets 401, and a websocket is
+closed before it is accepted. `next` is followed only to a path of this dashboard, never to another site.
 
 `/login` is a plain HTML form, not a NiceGUI page: a visitor who has not logged in gets no NiceGUI
 client and no websocket at all. The token is compared in constant time; a login marks the session,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -48,6 +49,7 @@ button {{ background: #263238; color: white; border: 0; padding: .5rem 1.25rem; 
 </style></head><body><main>
 <h1>ACC dashboard</h1>
 {error}<form method="post" action="login">
+<input type="hidden" name="next" value="{next}">
 <label for="token">Dashboard token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" autofocus required data-role="token">
 <button type="submit" data-role="login">Log in</button>
@@ -64,6 +66,15 @@ def storage_secret(token: str) -> str:
 
 def session_middleware_kwargs() -> dict:
     return {"session_cookie": COOKIE, "same_site": "lax", "max_age": SESSION_DAYS * 24 * 3600}
+
+
+def local_path(target: str) -> str:
+    """`target` if it is a path on this dashboard (what `next` may name), else "/"."""
+    parts = urlsplit(target)
+    if (not target.startswith("/") or target.startswith("//") or "\\" in target or parts.scheme or parts.netloc
+            or any(ord(ch) < 32 for ch in target)):
+        return "/"
+    return target
 
 
 def logged_in(scope: Scope) -> bool:
@@ -86,15 +97,17 @@ class LoginGate:
             return
         response: Response
         if scope["method"] in ("GET", "HEAD") and not scope["path"].startswith("/_"):  # a page: ask to log in
-            response = RedirectResponse(LOGIN_PATH, status_code=303, headers={"Cache-Control": "no-store"})
+            page = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
+            target = LOGIN_PATH if page == "/" else f"{LOGIN_PATH}?next={quote(page, safe='')}"
+            response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
         else:
             response = PlainTextResponse("log in first, at /login", status_code=401)
         await response(scope, receive, send)
 
 
-def _page(error: str = "", status_code: int = 200) -> HTMLResponse:
+def _page(error: str = "", status_code: int = 200, next_page: str = "/") -> HTMLResponse:
     block = f'<p class="error" data-role="login-error">{html.escape(error)}</p>\n' if error else ""
-    return HTMLResponse(PAGE.format(error=block), status_code=status_code,
+    return HTMLResponse(PAGE.format(error=block, next=html.escape(local_path(next_page))), status_code=status_code,
                         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
@@ -105,9 +118,10 @@ def install_login(app: FastAPI, token: str) -> None:
     expected = token.encode()
 
     async def login_form(request: Request) -> Response:
+        next_page = local_path(request.query_params.get("next", "/"))
         if logged_in(request.scope):
-            return RedirectResponse("/", status_code=303)
-        return _page()
+            return RedirectResponse(next_page, status_code=303)
+        return _page(next_page=next_page)
 
     async def login(request: Request) -> Response:
         body = b""
@@ -115,12 +129,13 @@ def install_login(app: FastAPI, token: str) -> None:
             body += chunk
             if len(body) > MAX_FORM_BYTES:
                 return _page("That is far too long for a token.", 413)
-        given = parse_qs(body.decode("latin-1")).get("token", [""])[0]
+        form = parse_qs(body.decode("latin-1"))
+        given, next_page = form.get("token", [""])[0], local_path(form.get("next", ["/"])[0])
         if not hmac.compare_digest(given.encode(), expected):
-            return _page("Wrong token.", 401)
+            return _page("Wrong token.", 401, next_page)
         request.session.clear()  # a fresh session: none chosen before the login carries over
         request.session[SESSION_KEY] = True
-        return RedirectResponse("/", status_code=303)
+        return RedirectResponse(next_page, status_code=303)
 
     app.add_api_route(LOGIN_PATH, login_form, methods=["GET"], include_in_schema=False)
     app.add_api_route(LOGIN_PATH, login, methods=["POST"], include_in_schema=False)
