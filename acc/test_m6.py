@@ -23,6 +23,7 @@ into a PASS; with several seeds a summary line per seed follows.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -152,7 +153,8 @@ def run(url: str, token: str | None, seed: int | None = None, params: dict | Non
               flush=True)
     if control.loss > b.loss:  # not a check: what explains a fork that ends below the base
         print(f"note  the control's validation loss rose from {b.loss:.4f} to {control.loss:.4f} over the same steps: "
-              f"past the base the model overfits its {mnist['n']:,} training digits, expanded or not", flush=True)
+              f"past the base the model overfits, expanded or not (MNIST's training split holds {mnist['n']:,} "
+              f"digits here, validation included)", flush=True)
     print(f"{'ALL PASS' if not c.failed else f'{c.failed} FAILED'}{f' (seed {seed})' if seed is not None else ''}",
           flush=True)
     return Result(0 if not c.failed else 1, seed, c, nodes)
@@ -165,6 +167,16 @@ def summary(results: Sequence[Result]) -> str:
         acc = [_pct(r.nodes[n].accuracy) if n in r.nodes else "n/a" for n in ("expand_base", *FORKS)]
         lines.append(f"{r.seed!s:>5} {acc[0]:>8} {acc[1]:>8} {acc[2]:>8} {acc[3]:>9}  "
                      f"{'PASS' if r.code == 0 else f'{r.checklist.failed} FAILED'}")
+    complete = [r for r in results if all(r.nodes.get(n) and r.nodes[n].accuracy is not None
+                                          for n in ("expand_base", *FORKS))]
+    if len(complete) > 1:  # what the seeds say together: the mean, and each branch against the control
+        means = [statistics.mean(r.nodes[n].accuracy for r in complete) for n in ("expand_base", *FORKS)]
+        lines.append(f"{'mean':>5} " + " ".join(f"{_pct(m):>{w}}" for m, w in zip(means, (8, 8, 8, 9))))
+        for name in ("expand_random", "expand_identity"):
+            gains = [100 * (r.nodes[name].accuracy - r.nodes["expand_control"].accuracy) for r in complete]
+            spread = statistics.stdev(gains) / math.sqrt(len(gains))
+            lines.append(f"{name} - control over {len(gains)} seeds: {statistics.mean(gains):+.2f} points "
+                         f"(standard error {spread:.2f}; better at {sum(g > 0 for g in gains)} of {len(gains)} seeds)")
     return "\n".join(lines)
 
 

@@ -55,3 +55,21 @@ def test_m4_acceptance_evaluates_beside_training_and_trains_data_parallel():
     assert len(lines) == 8 and all(line.startswith("PASS") for line in lines), result.stdout + result.stderr
     assert "samples/s on cpu alone" in result.stdout and "not required to be higher" in result.stdout
     assert result.returncode == 0 and "leaked semaphore" not in result.stderr
+
+
+def test_m6_summary_puts_the_seeds_together():
+    """Per seed the four accuracies; then their means and each grown branch against the control."""
+    from acc.acceptance import Checklist
+    from acc.test_m6 import Measured, Result, summary
+
+    def result(seed, base, control, random, identity):
+        nodes = {name: Measured(value, 0.5, 800) for name, value in zip(
+            ("expand_base", "expand_control", "expand_random", "expand_identity"), (base, control, random, identity))}
+        return Result(0, seed, Checklist(), nodes)
+
+    lines = summary([result(0, 0.90, 0.92, 0.93, 0.94), result(1, 0.86, 0.88, 0.87, 0.90)]).splitlines()
+    assert lines[1].split() == ["0", "90.00%", "92.00%", "93.00%", "94.00%", "PASS"]
+    assert lines[3].split() == ["mean", "88.00%", "90.00%", "90.00%", "92.00%"]
+    assert lines[4] == "expand_random - control over 2 seeds: +0.00 points (standard error 1.00; better at 1 of 2 seeds)"
+    assert lines[5] == "expand_identity - control over 2 seeds: +2.00 points (standard error 0.00; better at 2 of 2 seeds)"
+    assert len(summary([result(0, 0.9, 0.9, 0.9, 0.9)]).splitlines()) == 2  # one seed: nothing to put together
