@@ -45,6 +45,8 @@ class RankWorkspace(Workspace):
 class Follower(Engine):
     """Rank `ranks.rank` > 0: trains what rank 0 says, in step with it; see the module docstring."""
 
+    failure: BaseException | None = None  # what ended this rank's loop, raised by `wait`
+
     def __init__(self, ranks: Ranks, config: EngineConfig, job: Workspace, folder: Path) -> None:
         workspace = RankWorkspace(folder, job)
         self.shipped = folder / "tasks"  # the task files rank 0 sends, as their source text
@@ -60,8 +62,6 @@ class Follower(Engine):
         self._thread.join()
         if self.failure is not None:
             raise self.failure
-
-    failure: BaseException | None = None
 
     def _loop(self) -> None:
         try:
