@@ -208,8 +208,9 @@ def side_by_side(outcomes: Sequence[Outcome], path: Path) -> Path | None:
     return path
 
 
-def compare(c: Checklist, baseline: Outcome, curriculum: Outcome) -> None:
-    """The roadmap's expectation, checked on the two reports (never adjusted to come out)."""
+def compare(c: Checklist, baseline: Outcome, curriculum: Outcome, baseline_notes: bool = True) -> None:
+    """The roadmap's expectation, checked on the two reports (never adjusted to come out); the
+    notes on the baseline are left out with `baseline_notes=False` (printed for the pair already)."""
     if baseline.report is None or curriculum.report is None:
         c.check("comparison: both reports available", False, "a recipe or its evaluation failed above")
         return
@@ -233,7 +234,7 @@ def compare(c: Checklist, baseline: Outcome, curriculum: Outcome) -> None:
         print(f"note  {curriculum.arm.checkpoint}'s {CONCEPT} traversal |rho| {abs(rk):.3f} is below the "
               f"prototype's {PROTOTYPE_RHO}-0.97 (DESIGN §7): it does not change {CONCEPT} monotonically; "
               f"the check above compares the two checkpoints only", flush=True)
-    for o in (baseline, curriculum):
+    for o in (baseline, curriculum) if baseline_notes else (curriculum,):
         probe = (o.report.get("traversal", {}).get(CONCEPT) or {}).get("probe")
         if probe is not None:
             print(f"note  {o.arm.checkpoint}: its {CONCEPT} slot holds {CONCEPT} (I {_num(o.report['concepts'][CONCEPT]['I'])}); "
@@ -293,7 +294,7 @@ def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICUL
             f"figures under {out}")
     compare(c, baseline, curriculum)
     for o in outcomes[2:]:
-        compare(extra, baseline, o)
+        compare(extra, baseline, o, baseline_notes=False)
     print(f"{'ALL PASS' if not c.failed else f'{c.failed} FAILED'}"
           f"{f' (seed {seed})' if seed is not None else ''}", flush=True)
     return Result(0 if not c.failed else 1, c, outcomes, printed, seed, out, extra)
