@@ -166,6 +166,10 @@ def test_registry_listings(client):
     assert regression["doc"] and regression["file"].endswith("regression.py")
     assert "target" in regression["params"]["schema"]["properties"]
     assert tasks["errors"] == []
+    # The listed default name is the one the trainer gives a task added without a name.
+    listed = by_name["ClassificationTask"]["params"]["defaults"]["name"]
+    added = client.post("/api/tasks", json={"type": "ClassificationTask"})
+    assert added.status_code == 201 and added.json()["name"] == listed == "classification_task"
     for kind in ("generators", "recipes"):
         assert set(client.get(f"/api/registry/{kind}").json()) == {"items", "errors"}
     assert client.get("/api/registry/models").status_code == 422

@@ -35,8 +35,8 @@ def test_the_slider_spans_off_and_the_apis_whole_range_on_a_log_scale():
 
 
 def test_free_names_and_dataset_choices_and_step_times():
-    assert free_name("ClassificationTask", set()) == "classification_task"
-    assert free_name("ClassificationTask", {"classification_task", "classification_task_2"}) == "classification_task_3"
+    assert free_name("classification_task", set()) == "classification_task"
+    assert free_name("classification_task", {"classification_task", "classification_task_2"}) == "classification_task_3"
     infos = [{"name": "thick", "status": "ready", "targets": ["thickness"]},
              {"name": "mnist", "status": "ready", "targets": []},
              {"name": "half", "status": "generating", "targets": []},

@@ -143,7 +143,7 @@ class Task:
 
     @classmethod
     def params_schema(cls) -> dict:
-        """Defaults of the common attributes and the JSON schema of `Params` (for forms)."""
-        return {"defaults": {"latent": cls.latent, "dataset": cls.dataset, "weight": cls.weight,
+        """Defaults of the common attributes (the name included) and the JSON schema of `Params` (for forms)."""
+        return {"defaults": {"name": default_task_name(cls), "latent": cls.latent, "dataset": cls.dataset, "weight": cls.weight,
                              "out_dim": cls.out_dim, "isolation": cls.isolation},
                 "schema": cls.Params.model_json_schema()}

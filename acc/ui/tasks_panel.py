@@ -15,7 +15,6 @@ the chosen dataset's targets. Its name field suggests a name no task has yet.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,14 +57,9 @@ def step_time(ms: float) -> str:
     return f"{ms:.0f} ms/step" if ms >= 10 else f"{ms:.2g} ms/step"
 
 
-def default_name(task_type: str) -> str:
-    """The name the trainer gives a task of a type: `DummyTask` -> `dummy_task`."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", task_type).lower()
-
-
-def free_name(task_type: str, taken: set[str]) -> str:
-    """The type's default name, or the first of `<it>_2`, `<it>_3`... that no task has."""
-    base = default_name(task_type)
+def free_name(base: str, taken: set[str]) -> str:
+    """`base` (the name the trainer gives a task of its type when none is given, from the registry
+    listing), or the first of `<base>_2`, `<base>_3`... that no task has."""
     return next(name for name in (base, *(f"{base}_{i}" for i in range(2, len(taken) + 3))) if name not in taken)
 
 
@@ -272,7 +266,10 @@ class AddTaskDialog:
         self._dataset_chosen()
 
     def _suggested(self) -> str | None:
-        return free_name(self.type.value, self.taken) if self.type.value else None
+        item = self.items.get(self.type.value)
+        if item is None:
+            return None
+        return free_name(item["params"].get("defaults", {}).get("name", self.type.value), self.taken)
 
     def _suggest_name(self) -> None:
         """An empty name means the suggested one, shown as the placeholder."""
