@@ -14,10 +14,9 @@ or deleted, a watcher thread (`watchfiles`) re-scans the folder and applies the 
   use it, so they see the new helper;
 - an unchanged file (touched, or rewritten with the same bytes) is not executed again.
 
-Files in a folder that belongs to an importable package (e.g. `acc/tasks` is `acc.tasks`) become
-`acc.tasks.<stem>`, so both `from .helpers import f` and `from acc.tasks.helpers import f` work.
-Files in any other folder live in a synthetic package `acc_ext_<hash>` whose `__path__` is that
-folder. `base.py`, `__init__.py`, hidden files, editor backups and temp files are never loaded.
+How a file becomes a module of its folder's package (an importable one such as `acc.tasks`, or a
+synthetic `acc_ext_<hash>`) is `acc.source_modules`. `base.py`, `__init__.py`, hidden files,
+editor backups and temp files are never loaded.
 `start()` creates watched folders that do not exist yet (a folder it cannot create is logged
 and skipped); `scan()` just skips them.
 """
@@ -25,10 +24,6 @@ and skipped); `scan()` just skips them.
 from __future__ import annotations
 
 import ast
-import hashlib
-import importlib
-import importlib.machinery
-import importlib.util
 import inspect
 import logging
 import sys
@@ -40,12 +35,21 @@ from typing import Any, Callable, Generic, TypeVar
 
 import watchfiles
 
+from acc.source_modules import (
+    digest,
+    error_line,
+    error_message,
+    execute_module,
+    is_source_file,
+    package_name,
+    sibling_imports,
+    synthetic_package,
+)
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_ACC_DIR = Path(__file__).resolve().parent
-_SKIPPED_STEMS = {"__init__", "base"}  # base classes are imported normally, never reloaded
 _WATCH_STEP_MS = 20  # quiet time that ends a batch of file events
 _WATCH_DEBOUNCE_MS = 200  # longest a batch may keep growing before it is handled
 _WATCH_TIMEOUT_MS = 100  # how often the watcher wakes without events
@@ -82,100 +86,6 @@ class _FileState:
     classes: dict[str, type] = field(default_factory=dict)  # names this file owns
     deps: set[Path] = field(default_factory=set)  # sibling files it uses
     error: RegistryError | None = None
-
-
-def is_source_file(path: Path) -> bool:
-    """True for a file name the registry loads: `<identifier>.py`, not `base.py`/`__init__.py`.
-
-    The identifier rule also rejects hidden files (`.x.py`, `.#x.py`), `#x.py#`, `x.tmp.py`;
-    backups and swap files (`x.py~`, `x.swp`, `x.tmp`) fail the `.py` suffix test.
-    """
-    return path.suffix == ".py" and path.stem.isidentifier() and path.stem not in _SKIPPED_STEMS
-
-
-def _package_name(folder: Path) -> str | None:
-    """The dotted name under which `folder` is importable as a package, or None.
-
-    Candidates come from the chain of parents holding `__init__.py` (longest first) and, for
-    namespace packages, from the folder's place inside `acc/`; one is accepted only when
-    importing it yields a package whose `__path__` contains `folder`.
-    """
-    parts: list[str] = []
-    d = folder
-    while (d / "__init__.py").is_file():
-        parts.insert(0, d.name)
-        d = d.parent
-    candidates = [".".join(parts[i:]) for i in range(len(parts))]
-    if folder.is_relative_to(_ACC_DIR):
-        candidates.append(".".join(folder.relative_to(_ACC_DIR.parent).parts))
-    for name in candidates:
-        if not all(p.isidentifier() for p in name.split(".")):
-            continue
-        try:
-            pkg = importlib.import_module(name)
-        except Exception as e:  # a broken or unrelated package: try the next candidate
-            log.debug("registry: %s is not importable as %s: %s", folder, name, e)
-            continue
-        if any(Path(p).resolve() == folder for p in getattr(pkg, "__path__", [])):
-            return name
-    return None
-
-
-def _synthetic_package(folder: Path) -> str:
-    """Create (once) a package module whose `__path__` is `folder`; return its name."""
-    name = "acc_ext_" + hashlib.sha256(str(folder).encode()).hexdigest()[:8]
-    if name not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [str(folder)]
-        pkg = importlib.util.module_from_spec(spec)
-        pkg.__path__ = [str(folder)]
-        sys.modules[name] = pkg
-    return name
-
-
-def _error_line(exc: BaseException, path: Path) -> int | None:
-    """The line in `path` where `exc` happened: its syntax error line or deepest frame there."""
-    if isinstance(exc, SyntaxError) and exc.filename == str(path):
-        return exc.lineno
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == str(path):
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def _error_message(exc: BaseException) -> str:
-    if isinstance(exc, SyntaxError):  # str() would repeat the file and line
-        return f"{type(exc).__name__}: {exc.msg}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _sibling_imports(tree: ast.Module, module_name: str) -> set[str]:
-    """Stems of the sibling modules that a module imports, relatively or absolutely.
-
-    Read from the syntax tree rather than from the module's globals, so that
-    `from .helpers import LIMIT` (an int, which has no `__module__`) is seen too.
-    """
-    package, _, own = module_name.rpartition(".")
-    prefix = package + "."
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = ".".join(module_name.split(".")[:-node.level])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            if target == package:  # `from . import helpers`: the names may be modules
-                imported.update(f"{prefix}{alias.name}" for alias in node.names)
-            else:
-                imported.add(target)
-    stems = {name[len(prefix):].split(".")[0] for name in imported if name.startswith(prefix)}
-    return stems - {own}
 
 
 def _first_paragraph(cls: type) -> str:
@@ -289,7 +199,7 @@ class Registry(Generic[T]):
             for folder in self.folders:
                 present.update(self._read_folder(folder))
             changed = [p for p, src in present.items()
-                       if p not in self._files or self._files[p].digest != _digest(src)]
+                       if p not in self._files or self._files[p].digest != digest(src)]
             gone = [p for p in self._files if p not in present]
             return self._apply(changed, gone, present)
 
@@ -367,7 +277,7 @@ class Registry(Generic[T]):
 
     def _package_for(self, folder: Path) -> str:
         if folder not in self._packages:
-            self._packages[folder] = _package_name(folder) or _synthetic_package(folder)
+            self._packages[folder] = package_name(folder) or synthetic_package(folder)
         return self._packages[folder]
 
     def _load(self, path: Path, source: bytes) -> None:
@@ -375,11 +285,11 @@ class Registry(Generic[T]):
         package = self._package_for(path.parent)
         name = f"{package}.{path.stem}"
         state = self._files.get(path) or _FileState(path, name)
-        state.digest = _digest(source)
+        state.digest = digest(source)
         try:
-            module, tree = self._execute(path, name, package, source)
+            module, tree = execute_module(path, name, package, source)
         except (Exception, SystemExit) as e:  # user code: record, keep the last good version
-            error = RegistryError(str(path), _error_line(e, path), _error_message(e))
+            error = RegistryError(str(path), error_line(e, path), error_message(e))
             if error != state.error:  # retries of a broken file do not repeat the warning
                 log.warning("registry %s: %s:%s: %s", self.kind, path, error.line, error.message)
             with self._lock:
@@ -387,30 +297,9 @@ class Registry(Generic[T]):
                 self._files[path] = state
             return
         state.module = module
-        state.deps = {path.parent / f"{stem}.py" for stem in _sibling_imports(tree, name)}
+        state.deps = {path.parent / f"{stem}.py" for stem in sibling_imports(tree, name)}
         lines = {n.name: n.lineno for n in tree.body if isinstance(n, ast.ClassDef)}
         self._register(state, self._classes_in(module), lines)
-
-    def _execute(self, path: Path, name: str, package: str,
-                 source: bytes) -> tuple[types.ModuleType, ast.Module]:
-        """Run `source` as module `name`; return it and its syntax tree."""
-        tree = ast.parse(source, filename=str(path))
-        code = compile(tree, str(path), "exec")  # the real filename, so tracebacks show it
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)  # sets __file__, __package__, __spec__
-        previous = sys.modules.get(name)
-        sys.modules[name] = module  # dataclasses, pydantic and pickle look classes up here
-        try:
-            exec(code, module.__dict__)
-        except BaseException:
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-            raise
-        # `from pkg import stem` reads the package attribute before sys.modules: keep it current.
-        setattr(sys.modules[package], path.stem, module)
-        return module, tree
 
     def _classes_in(self, module: types.ModuleType) -> dict[str, type[T]]:
         found: dict[str, type[T]] = {}
@@ -560,7 +449,3 @@ class Registry(Generic[T]):
         # robust to any order of create/rename/delete events an editor may produce.
         p = Path(path)
         return is_source_file(p) and p.parent in self.folders
-
-
-def _digest(source: bytes) -> str:
-    return hashlib.sha256(source).hexdigest()
