@@ -36,13 +36,13 @@ from typing import Any, Callable, Generic, TypeVar
 import watchfiles
 
 from acc.source_modules import (
-    digest,
     error_line,
     error_message,
     execute_module,
     is_source_file,
     package_name,
     sibling_imports,
+    source_digest,
     synthetic_package,
 )
 
@@ -199,7 +199,7 @@ class Registry(Generic[T]):
             for folder in self.folders:
                 present.update(self._read_folder(folder))
             changed = [p for p, src in present.items()
-                       if p not in self._files or self._files[p].digest != digest(src)]
+                       if p not in self._files or self._files[p].digest != source_digest(src)]
             gone = [p for p in self._files if p not in present]
             return self._apply(changed, gone, present)
 
@@ -285,7 +285,7 @@ class Registry(Generic[T]):
         package = self._package_for(path.parent)
         name = f"{package}.{path.stem}"
         state = self._files.get(path) or _FileState(path, name)
-        state.digest = digest(source)
+        state.digest = source_digest(source)
         try:
             module, tree = execute_module(path, name, package, source)
         except (Exception, SystemExit) as e:  # user code: record, keep the last good version

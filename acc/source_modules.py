@@ -141,5 +141,6 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def digest(source: bytes) -> str:
+def source_digest(source: bytes) -> str:
+    """sha256 of a file's bytes: a file is executed again only when they change."""
     return hashlib.sha256(source).hexdigest()
