@@ -161,6 +161,26 @@ def test_traversal_grid_layout_labels_and_determinism(seeds):
         traversal_grid(images, STEPS[:5], "x")
 
 
+def test_traversal_grid_leading_columns_show_where_each_row_started(seeds):
+    images = np.zeros((5, 9, 28, 28), np.float32)  # black steps: only the leading columns have digits
+    plain = traversal_grid(images, STEPS, "t")
+    grid = traversal_grid(images, STEPS, "t", leading={"input": seeds[0], "recon": seeds[0][::-1]})
+    assert grid.shape[0] == plain.shape[0] and grid.shape[1] > plain.shape[1] + 2 * 28 * S
+    h, w = grid.shape
+    cell = 28 * S + GAP
+    # the steps still end in the bottom-right corner; the inputs and reconstructions sit left of them
+    assert np.array_equal(grid[h - GAP - 28 * S:h - GAP, w - GAP - 28 * S:w - GAP], np.zeros((28 * S, 28 * S)))
+    first_step = w - 9 * cell
+    leading = grid[h - GAP - 5 * cell:, :first_step]
+    assert text_pixels(grid[:h - GAP - 5 * cell, first_step - 2 * cell:first_step]) > 50  # "input", "recon" labels
+    for i, seed in enumerate(seeds[0]):
+        row = leading[i * cell:(i + 1) * cell]
+        assert any(np.array_equal(row[GAP:GAP + 28 * S, x:x + 28 * S], upscale_nearest(seed, S))
+                   for x in range(row.shape[1] - 28 * S))
+    with pytest.raises(ValueError, match="leading column 'input'"):
+        traversal_grid(images, STEPS, "t", leading={"input": seeds[0][:3]})
+
+
 # --- cleanliness on hand-made traversals ---
 
 def thickened(seeds: np.ndarray, targets: np.ndarray) -> np.ndarray:

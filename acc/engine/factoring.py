@@ -32,7 +32,7 @@ from acc.models import build_model
 from acc.store import Store
 from acc.workspace import Workspace
 
-VERSION = 2  # of the evaluation: a change makes every stored report stale
+VERSION = 3  # of the evaluation: a change makes every stored report stale (3: traversal grids show input and recon)
 FIGURE_KINDS = ("traversal", "activation", "attention")
 
 

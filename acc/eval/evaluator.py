@@ -195,6 +195,9 @@ class FactoringEvaluator:
         steps = np.asarray(self.config.steps)
         captions = [f"t{t:.1f} s{s:+.2f} c{c}" for t, s, c in
                     zip(self.measured["thickness"], self.measured["slant"], self.labels)]
+        seed_codes = torch.as_tensor(codes[self.seed_index], dtype=torch.float32, device=device)
+        leading = {"input": self.images[self.seed_index, 0].numpy(),
+                   "recon": recon_probabilities(model, model.decode(seed_codes)).clamp(0, 1).reshape(-1, 28, 28).cpu().numpy()}
         for name, group in slots.items():
             mean, direction, sd = figures.principal_direction(codes[:, group])
             latents = figures.traversal_latents(codes[self.seed_index], group, mean, direction, sd, steps)
@@ -203,7 +206,7 @@ class FactoringEvaluator:
             images = images.reshape(len(self.seed_index), len(steps), 28, 28)
             concept = assigned.get(name)
             pictures[f"traversal/{name}"] = figures.traversal_grid(
-                images, steps, f"{name} slot" + (f" (scored as {concept})" if concept else ""))
+                images, steps, f"{name} slot" + (f" (scored as {concept})" if concept else ""), leading=leading)
             if concept in MEASURED:
                 traversal[concept] = {"slot": name, **figures.traversal_cleanliness(
                     images, concept, self.labels[self.seed_index], self.classifier.predict),

@@ -137,37 +137,45 @@ def step_label(t: float) -> str:
 
 
 def traversal_grid(images: np.ndarray, steps: Sequence[float], title: str,
-                   row_labels: Sequence[str] | None = None) -> np.ndarray:
+                   row_labels: Sequence[str] | None = None,
+                   leading: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """A traversal as one greyscale image: uint8 [H, W]. `images` [S, T, 28, 28] (float in [0, 1]
     or uint8): S rows (the seeds, labelled "seed 1".. or by `row_labels`) of T columns (the
-    steps, labelled "-2 sd" .. "+2 sd"), under `title` (e.g. "thickness slot: principal direction")."""
+    steps, labelled "-2 sd" .. "+2 sd"), under `title` (e.g. "thickness slot: principal direction").
+    `leading` ({label: [S, 28, 28]}, e.g. the seed images and their reconstructions) are columns
+    drawn left of the steps, set apart by a wider gap, so each row shows what it started from."""
     images = as_uint8(images)
     if images.ndim != 4:
         raise ValueError(f"expected images [S, T, H, W], got shape {list(images.shape)}")
     s, t, h, w = images.shape
     if len(steps) != t:
         raise ValueError(f"{len(steps)} step labels for {t} columns")
+    columns = [(label, as_uint8(column)) for label, column in (leading or {}).items()]
+    for label, column in columns:
+        if column.shape != (s, h, w):
+            raise ValueError(f"leading column {label!r} has shape {list(column.shape)}, expected {[s, h, w]}")
+    columns += [(step_label(step), images[:, j]) for j, step in enumerate(steps)]
     rows = list(row_labels) if row_labels is not None else [f"seed {i + 1}" for i in range(s)]
     cell_w, cell_h = w * FIG_SCALE + GAP, h * FIG_SCALE + GAP
+    apart = 3 * GAP if leading else 0  # between the leading columns and the steps
     label_font = font(LABEL_PX)
     left = _text_width(rows, label_font) + 2 * PAD
-    column_band = LABEL_PX + 2 * PAD
-    content_w = left + t * cell_w + GAP
+    x = [left + GAP + j * cell_w + (apart if j >= len(columns) - t else 0) for j in range(len(columns))]
+    content_w = x[-1] + cell_w
     title_font, title_band = _title(title, content_w)
     width = max(content_w, _text_width([title], title_font) + 2 * PAD)
-    top = title_band + column_band
+    top = title_band + LABEL_PX + 2 * PAD
     canvas = Image.new("L", (width, top + s * cell_h + GAP), GAP_VALUE)
     draw = ImageDraw.Draw(canvas)
     draw.text((PAD, PAD), title, fill=TEXT, font=title_font)
-    for j, step in enumerate(steps):
-        draw.text((left + GAP + j * cell_w + w * FIG_SCALE / 2, title_band + column_band - PAD),
-                  step_label(step), fill=TEXT, font=label_font, anchor="md")
-    pixels = upscale_nearest(images, FIG_SCALE)
+    for (label, column), cx in zip(columns, x):
+        draw.text((cx + w * FIG_SCALE / 2, top - PAD), label, fill=TEXT, font=label_font, anchor="md")
+        pixels = upscale_nearest(column, FIG_SCALE)
+        for i in range(s):
+            canvas.paste(Image.fromarray(pixels[i]), (cx, top + GAP + i * cell_h))
     for i in range(s):
-        y = top + GAP + i * cell_h
-        draw.text((left - PAD, y + h * FIG_SCALE / 2), rows[i], fill=TEXT, font=label_font, anchor="rm")
-        for j in range(t):
-            canvas.paste(Image.fromarray(pixels[i, j]), (left + GAP + j * cell_w, y))
+        draw.text((left - PAD, top + GAP + i * cell_h + h * FIG_SCALE / 2), rows[i], fill=TEXT, font=label_font,
+                  anchor="rm")
     return np.asarray(canvas)
 
 
