@@ -1,11 +1,10 @@
-"""Datasets: the in-memory `Dataset`, its `.pt` file format, batches, and lookup by name.
+"""Datasets: the in-memory `Dataset`, its `.pt` file format, and batches.
 
 A dataset is N grayscale 28x28 images (uint8), a digit label per image (-1 when unknown) and any
 number of named float targets. On disk it is `{"images", "labels", "targets", "meta"}` saved with
 `torch.save` and read back with `weights_only=True`, so a dataset file can never run code.
 
-`load_dataset` finds a dataset by name: "mnist" and "mnist_test" are MNIST's train and test
-splits (`acc.mnist`), any other name a `<name>.pt` file in the data folders.
+Where the datasets come from: `acc.mnist` (real digits) and `acc.catalog` (a dataset by name).
 """
 
 from __future__ import annotations
@@ -22,13 +21,9 @@ from typing import BinaryIO
 
 import torch
 
-from acc.mnist import load_mnist
-
 Batch = dict  # {"image": float32 [B,1,28,28] in [0,1], "label": int64 [B] (-1 when unknown), "targets": {name: float32 [B]}}
 
 IMAGE_SHAPE = (1, 28, 28)
-NAME_RE = re.compile(r"[a-z0-9_-]+")
-BUILTIN_NAMES = {"mnist": "train", "mnist_test": "test"}
 
 
 @dataclass
@@ -136,7 +131,7 @@ class Dataset:
             "targets": {k: v.detach().cpu().clone() for k, v in self.targets.items()},
             "meta": self.meta,
         }
-        with _atomic_file(path) as f:
+        with atomic_file(path) as f:
             torch.save(payload, f)
 
     @classmethod
@@ -163,7 +158,7 @@ class Dataset:
 
 
 @contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A temporary file beside `path` that replaces `path` only if the block completes without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -219,45 +214,3 @@ class BatchStream:
             parts.append(part)
         index = parts[0] if len(parts) == 1 else torch.cat(parts)
         return self.data.batch(index, self.device)
-
-
-# --- lookup by name --------------------------------------------------------------------------
-
-
-def dataset_names(data_dirs: list[Path]) -> list[str]:
-    """The names `load_dataset` accepts: "mnist", then the `<name>.pt` files in `data_dirs`, sorted."""
-    found = {p.stem for d in data_dirs if Path(d).is_dir() for p in Path(d).glob("*.pt")}
-    return ["mnist", *sorted(n for n in found if NAME_RE.fullmatch(n) and n not in BUILTIN_NAMES)]
-
-
-def known_datasets(data_dirs: list[Path]) -> list[str]:
-    """Every name `load_dataset` accepts: the built-in ones first, then the `<name>.pt` files."""
-    mnist, *generated = dataset_names(data_dirs)
-    return [mnist, "mnist_test", *generated]
-
-
-def check_dataset_name(name: str) -> str:
-    """`name` if it is a valid dataset name (it becomes a file name: no paths), else ValueError."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > 64:
-        raise ValueError(f"invalid dataset name {name!r}: use 1 to 64 lowercase letters, digits, '_' and '-'")
-    return name
-
-
-def dataset_path(name: str, data_dirs: list[Path]) -> Path | None:
-    """`<dir>/<name>.pt` from the first of `data_dirs` that has it."""
-    for folder in data_dirs:
-        path = Path(folder) / f"{name}.pt"
-        if path.is_file():
-            return path
-    return None
-
-
-def load_dataset(name: str, data_dirs: list[Path], mnist_cache: Path | None = None) -> Dataset:
-    """The dataset called `name`: "mnist" / "mnist_test", else `<dir>/<name>.pt` from the first dir that has it."""
-    check_dataset_name(name)
-    if name in BUILTIN_NAMES:
-        return load_mnist(mnist_cache, BUILTIN_NAMES[name])
-    path = dataset_path(name, data_dirs)
-    if path is None:
-        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(known_datasets(data_dirs))}")
-    return Dataset.load(path, name=name)

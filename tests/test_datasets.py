@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acc.datasets import BatchStream, Dataset, dataset_names, load_dataset
+from acc.catalog import dataset_names, load_dataset
+from acc.datasets import BatchStream, Dataset
 
 
 def toy(n: int = 50) -> Dataset:
