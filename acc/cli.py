@@ -365,7 +365,7 @@ def fetch_mnist_command(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Download the four MNIST IDX files (checksums verified)."""
-    from acc.datasets import fetch_mnist
+    from acc.mnist import fetch_mnist
     from acc.workspace import Workspace
 
     target = dest or Workspace.resolve(workspace).mnist_dir

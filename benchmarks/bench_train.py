@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from acc.datasets import BatchStream, load_mnist
+from acc.datasets import BatchStream
 from acc.engine import EngineConfig
 from acc.engine.session import Session
 from acc.engine.trainer import resolve_device
+from acc.mnist import load_mnist
 from acc.models import build_model
 
 MODEL = {"name": "factor_slot"}

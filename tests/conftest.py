@@ -36,6 +36,16 @@ def mnist_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mnist-cache")
 
 
+@pytest.fixture
+def no_mnist_dir(tmp_path, monkeypatch) -> Path:
+    """ACC_MNIST_DIR points at an empty folder, so only the fallback (the bundled 5k) can answer."""
+    empty = tmp_path / "no_idx_here"
+    empty.mkdir()
+    monkeypatch.setenv("ACC_MNIST_DIR", str(empty))
+    monkeypatch.setattr("acc.mnist._fallback_noticed", False)
+    return empty
+
+
 @pytest.fixture(scope="session")
 def evals_cache(tmp_path_factory) -> Path:
     """The factoring evaluation's held-out sets and digit classifier, built once per test run."""

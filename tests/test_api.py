@@ -20,7 +20,8 @@ from fastapi import HTTPException
 from PIL import Image
 
 import acc
-from acc.datasets import Dataset, load_mnist
+from acc.datasets import Dataset
+from acc.mnist import load_mnist
 from acc.server.images import GAP, SCALE
 from acc.server.routes import engine_errors
 from acc.server.stream import Client

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from acc.datasets import Dataset, load_mnist
+from acc.datasets import Dataset
 from acc.eval import classifier
 from acc.eval.classifier import DigitClassifier, TrainSettings, load_or_train
+from acc.mnist import load_mnist
 
 QUICK = TrainSettings(epochs=1, min_steps=0)  # 32 steps on 4,000 digits: enough to test the cache
 

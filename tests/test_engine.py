@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from acc.datasets import Dataset, load_mnist
+from acc.datasets import Dataset
 from acc.engine import Engine, EngineConfig
 from acc.engine.session import Session
+from acc.mnist import load_mnist
 from acc.models import MODELS, register_model
 from tests.conftest import write_user_tasks
 

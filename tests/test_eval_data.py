@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-import acc.datasets as datasets
 from acc.eval.data import SOURCES, EvalSetsConfig, evaluation_sets
+from acc.mnist import load_mnist
 
 SMALL = EvalSetsConfig(natural=200, generated=60)
 
 
 def test_the_sets_come_from_test_digits_only_and_are_measured(tmp_path, mnist_cache, monkeypatch):
-    real = datasets.load_mnist
+    real = load_mnist
 
     def test_split_only(cache_dir=None, split="train"):
         if split != "test":

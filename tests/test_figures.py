@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from acc import measure
-from acc.datasets import load_mnist
 from acc.eval import figures
 from acc.eval.figures import (
     STEPS, attention_overlay, attention_stats, decode_images, png_bytes, principal_direction, probe_direction,
     sort_by_activation, traversal_cleanliness, traversal_grid, traversal_latents,
 )
 from acc.images import GAP, GAP_VALUE, upscale_nearest
+from acc.mnist import load_mnist
 from acc.models import build_model
 
 FACTOR_SLOT = {"name": "factor_slot", "factors": ["digit", "thickness", "slant", "style"], "slot_dim": 4,

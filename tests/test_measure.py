@@ -10,7 +10,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from acc import measure
-from acc.datasets import load_mnist
+from acc.mnist import load_mnist
 
 SUPERSAMPLE = 8
 

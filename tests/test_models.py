@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acc.datasets import load_mnist
+from acc.mnist import load_mnist
 from acc.models import build_model
 from acc.protocol import check_model
 from acc.tasks.regression import RegressionTask

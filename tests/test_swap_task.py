@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from acc.datasets import load_mnist
+from acc.mnist import load_mnist
 from acc.models import build_model
 from acc.tasks.swap import ThicknessSwapTask
 from tests.conftest import TINY_MODEL

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from acc.datasets import BUILTIN_NAMES, Dataset, check_dataset_name, dataset_path, known_datasets, load_dataset
+from acc.catalog import BUILTIN_NAMES, check_dataset_name, dataset_path, known_datasets, load_dataset
+from acc.datasets import Dataset
 from acc.engine.events import Subscribers
 from acc.engine.jobs import Cancelled, Job, JobManager
 from acc.engine.trainer import error_text

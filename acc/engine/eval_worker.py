@@ -214,7 +214,7 @@ class _Worker:
     def evaluate(self, snapshot: dict) -> dict:
         from safetensors.torch import load
 
-        from acc.datasets import load_dataset
+        from acc.catalog import load_dataset
         from acc.engine.evaluation import evaluate_tasks
         from acc.models import build_model
 

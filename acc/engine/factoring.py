@@ -27,7 +27,7 @@ from acc.eval.classifier import load_or_train
 from acc.eval.data import evaluation_sets
 from acc.eval.evaluator import FactoringConfig, FactoringEvaluator
 from acc.eval.figures import png_bytes
-from acc.datasets import load_mnist
+from acc.mnist import load_mnist
 from acc.models import build_model
 from acc.store import Store
 from acc.workspace import Workspace

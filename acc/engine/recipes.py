@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from acc.datasets import known_datasets
+from acc.catalog import known_datasets
 from acc.engine.datasets import DatasetCatalog
 from acc.engine.jobs import Cancelled, Job, JobManager
 from acc.engine.trainer import Engine

@@ -25,7 +25,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from acc.datasets import BatchStream, Dataset, load_dataset
+from acc.catalog import load_dataset
+from acc.datasets import BatchStream, Dataset
 from acc.engine.autosave import Autosaver
 from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue

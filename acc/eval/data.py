@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from acc.datasets import Dataset, load_mnist
+from acc.datasets import Dataset
 from acc.generators.slant import SlantGenerator
 from acc.generators.thickness import ThicknessGenerator
 from acc.measure import measure_morphometry
+from acc.mnist import load_mnist
 
 SOURCES = ("natural", "thickness", "slant")
 VERSION = 1  # of how the sets are made: a change rebuilds every cache

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from acc.datasets import load_mnist
+from acc.mnist import load_mnist
 
 
 @functools.lru_cache(maxsize=4)
