@@ -161,7 +161,7 @@ def eval_command(
     from acc.engine.session import Session
     from acc.eval.evaluator import FactoringConfig
 
-    with Session.open(workspace, watch=False) as session:
+    with Session.open(workspace, watch=False, engine=False) as session:
         try:
             job = session.factoring.start(checkpoint, FactoringConfig(seeds=seeds))
         except KeyError as e:
@@ -390,7 +390,7 @@ def generate_command(
     from acc.engine.session import Session
     from acc.engine.trainer import error_text
 
-    with Session.open(workspace, watch=False) as session:
+    with Session.open(workspace, watch=False, engine=False) as session:
         with Progress(TextColumn(f"[bold]{name}"), BarColumn(), TimeRemainingColumn(), console=console) as progress:
             bar = progress.add_task(name, total=1.0)
             try:
@@ -411,7 +411,7 @@ def list_command(workspace: WorkspaceOption = None) -> None:
     """The datasets a trainer on this workspace can train on, and generations that failed."""
     from acc.engine.session import Session
 
-    with Session.open(workspace, watch=False) as session:
+    with Session.open(workspace, watch=False, engine=False) as session:
         rows = session.datasets.list()
     table = Table("name", "images", "status", "generator", "params", "targets")
     for row in rows:

@@ -58,6 +58,9 @@ def test_data_generate_and_list(workspace, mnist_cache, generated_data_dir):
     assert listing.returncode == 0 and "SymmetryGenerator" in listing.stdout and '{"noise": 0.3}' in listing.stdout
     again = acc("data", "generate", "SymmetryGenerator", "sym", "--n", "4", workspace=workspace, mnist_cache=mnist_cache)
     assert again.returncode == 2 and "already exists" in again.stdout
+    from acc.store import Store
+    with Store(workspace.db_path) as store:
+        assert store.runs() == []  # commands that do not train leave no run behind
 
 
 def test_up_serves_trainer_and_dashboard_and_sigterm_stops_both(workspace, mnist_cache):

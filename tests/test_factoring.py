@@ -127,6 +127,7 @@ def test_acc_eval_prints_the_table_and_the_json_report(workspace, tiny_config):
         session.engine.add_task("ReconstructionTask")
         session.engine.train(5)
         session.engine.save_checkpoint("cli")
+        runs = session.store.runs()
     command = [sys.executable, "-m", "acc", "eval", "cli", "--workspace", str(workspace.root)]
     table = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert table.returncode == 0, table.stderr
@@ -138,3 +139,6 @@ def test_acc_eval_prints_the_table_and_the_json_report(workspace, tiny_config):
     missing = subprocess.run([sys.executable, "-m", "acc", "eval", "nope", "--workspace", str(workspace.root)],
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "nope" in missing.stdout
+    from acc.store import Store
+    with Store(workspace.db_path) as store:
+        assert [r["id"] for r in store.runs()] == [r["id"] for r in runs]  # evaluating opens no run

@@ -1,7 +1,9 @@
 """Wiring: a workspace, its store, the three registries, an engine, its jobs, datasets and factoring
 evaluations, opened and closed together.
 
-Used by the CLI, the trainer service and tests, so that all of them start the same way.
+Used by the CLI, the trainer service and tests, so that all of them start the same way. A command
+that does not train (`acc eval`, `acc data`) opens no engine: an engine opens a run, and such a
+command must not leave an empty run in the workspace's history.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from acc.engine.devices import DeviceManager
 from acc.engine.distributed import Ranks
 from acc.engine.factoring import FactoringService
 from acc.engine.jobs import JobManager
-from acc.engine.trainer import Engine, EngineConfig
+from acc.engine.trainer import Engine, EngineConfig, resolve_device
 from acc.generators.base import Generator
 from acc.recipes.base import Recipe
 from acc.registry import Registry
@@ -30,7 +32,7 @@ class Session:
     tasks: Registry
     generators: Registry
     recipes: Registry
-    engine: Engine
+    engine: Engine | None  # None when opened with engine=False
     jobs: JobManager
     datasets: DatasetCatalog
     factoring: FactoringService
@@ -38,25 +40,33 @@ class Session:
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, config: EngineConfig | None = None,
-             watch: bool = True, restore: bool = False, ranks: Ranks | None = None) -> "Session":
+             watch: bool = True, restore: bool = False, ranks: Ranks | None = None,
+             engine: bool = True) -> "Session":
         """Open everything; `watch=False` loads the registries once without a file watcher;
         `restore` continues the workspace's last run from its latest autosave (the trainer does);
-        `ranks`: this is rank 0 of a job that torchrun started."""
+        `ranks`: this is rank 0 of a job that torchrun started; `engine=False` opens no engine (no
+        run; factoring jobs run in this process, on the configured device)."""
         ws = Workspace.resolve(workspace)
         store = Store(ws.db_path)
         registries = [Registry(kind, base, ws.registry_folders(kind))
                       for kind, base in (("tasks", Task), ("generators", Generator), ("recipes", Recipe))]
         for registry in registries:
             registry.start() if watch else registry.scan()
-        engine, jobs = Engine(ws, store, registries[0], config, restore=restore, ranks=ranks), JobManager()
-        return cls(ws, store, *registries, engine, jobs, DatasetCatalog(ws, store, registries[1]),
-                   FactoringService(ws, store, jobs, str(engine.device), worker=lambda: engine.eval_worker),
+        jobs = JobManager()
+        if engine:
+            trainer = Engine(ws, store, registries[0], config, restore=restore, ranks=ranks)
+            factoring = FactoringService(ws, store, jobs, str(trainer.device), worker=lambda: trainer.eval_worker)
+        else:
+            trainer = None
+            factoring = FactoringService(ws, store, jobs, str(resolve_device((config or EngineConfig()).device)))
+        return cls(ws, store, *registries, trainer, jobs, DatasetCatalog(ws, store, registries[1]), factoring,
                    DeviceManager())
 
     def close(self) -> None:
         for job in self.jobs.list():  # a running recipe stops at its next chunk of steps
             job.cancel.set()
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
         self.devices.close()
         for registry in (self.tasks, self.generators, self.recipes):
             registry.stop()
