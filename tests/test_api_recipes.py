@@ -150,3 +150,16 @@ def test_unsaved_training_is_saved_before_a_recipe_or_a_load_replaces_it(trainer
         again = http.post(f"/api/checkpoints/{kept['id']}/load").json()  # nothing unsaved now
         assert again["autosaved"] is None and again["step"] == 4
         assert http.get("/api/state").json()["autosaved"] is None
+
+
+def test_a_recipe_started_while_training_runs_keeps_it_in_one_autosave(live_trainer):
+    """The recipe stops the live training before it saves it: one checkpoint, not one per step that
+    slipped in between the job's autosave and the recipe's."""
+    engine = live_trainer.session.engine
+    with live_trainer.client() as http:
+        engine.train(3)  # unsaved steps, then training that goes on until something stops it
+        engine.start()
+        job = http.post("/api/recipes/smoke/run", json={}).json()
+        assert live_trainer.session.jobs.wait(job["id"], 120).status == "done"
+        autosaves = [c for c in http.get("/api/checkpoints").json() if c["name"] == "autosave before Smoke"]
+        assert [c["id"] for c in autosaves] == [job["autosaved"]["id"]]

@@ -280,6 +280,7 @@ def start_recipe_job(jobs: JobManager, engine: Engine, recipes: Registry, name: 
                                  on_progress=progress))
 
     def autosave(job: Job) -> None:  # before the answer, so that it can say what was kept
+        engine.stop()  # live training ends here: no step between this autosave and the recipe's own
         row = engine.autosave_before(cls.__name__)
         job.autosaved = {key: row[key] for key in ("id", "name", "step")} if row else None
 
