@@ -14,7 +14,6 @@ import logging
 import math
 import threading
 import time
-import zlib
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from acc.datasets import BatchStream, Dataset, load_dataset
 from acc.engine.autosave import Autosaver
 from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue
@@ -37,6 +35,7 @@ from acc.engine.events import Subscribers
 from acc.engine.expansion import ExpansionCommands
 from acc.engine.runs import OwnerLock, RunBookkeeping, mark_crashed
 from acc.engine.snapshots import CheckpointCommands
+from acc.engine.streams import DataSource, DataStreams
 from acc.engine.task_commands import ActiveTask, TaskCommands
 from acc.models import build_model
 from acc.protocol import check_model, recon_probabilities
@@ -71,12 +70,6 @@ class EngineConfig:
     ranks: int = 1  # data-parallel ranks on this box, each with a batch of batch_size (acc trainer --ddp N)
 
 
-@dataclass
-class DataSource:
-    stream: BatchStream
-    validation: Dataset
-
-
 def _fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -85,7 +78,8 @@ def _fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands, DataParallel, RunBookkeeping):
+class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands, DataParallel, RunBookkeeping,
+             DataStreams):
     """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work.
     Here: the training itself (start, pause, stop, a new model), the loop and one step. Each mixin
     holds its commands whole, the public call with its handler: the task commands in
@@ -93,7 +87,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
     `acc.engine.snapshots`, model expansion in `acc.engine.expansion`, device roles and every
     evaluation (on the training thread or beside it) in `acc.engine.device_commands`, what several
     ranks share at a step boundary in `acc.engine.data_parallel`, how runs open and end in
-    `acc.engine.runs`."""
+    `acc.engine.runs`, the data streams and their seeds in `acc.engine.streams`."""
 
     def __init__(self, workspace: Workspace, store: Store, tasks: Registry,
                  config: EngineConfig | None = None, model: nn.Module | None = None,
@@ -452,25 +446,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             if active.task.head is not None:
                 names.update({p: f"task.{active.task.name}.{n}" for n, p in active.task.head.named_parameters()})
         return names
-
-    def _data(self, name: str) -> DataSource:
-        if name not in self.data:
-            dataset = load_dataset(name, self.workspace.data_dirs, self.workspace.mnist_dir)
-            train, validation = dataset.split(self.config.val_fraction, self.config.seed)
-            stream = BatchStream(train, self.config.batch_size, self._seed_for(self._stream_name(name)), self.device)
-            self.data[name] = DataSource(stream, validation)
-        return self.data[name]
-
-    def _seed_for(self, what: str) -> int:
-        """A stable seed per dataset stream or task head, so runs repeat exactly."""
-        return self.config.seed + zlib.crc32(f"{what}@{self.step}".encode())
-
-    def _reset_streams(self) -> None:
-        """Reseed every data stream from (seed, dataset, step): a run continued from a checkpoint
-        then draws the same batches as the run that saved it."""
-        for name, source in self.data.items():
-            source.stream = BatchStream(source.stream.data, self.config.batch_size,
-                                        self._seed_for(self._stream_name(name)), self.device)
 
     def _finish_run(self) -> None:
         if self._done is not None and not self._done.done():
