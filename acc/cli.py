@@ -117,9 +117,9 @@ def run(
     from pydantic import ValidationError
 
     from acc.engine import EngineConfig
+    from acc.engine.errors import error_text
     from acc.engine.recipes import find_recipe, run_recipe
     from acc.engine.session import Session
-    from acc.engine.trainer import error_text
 
     config = EngineConfig(seed=seed, device=device, batch_size=batch_size, eval_every=eval_every)
     with Session.open(workspace, config, watch=False) as session:
@@ -387,8 +387,8 @@ def generate_command(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Generate a dataset headless (the dashboard's [+ Dataset] does the same in a running trainer)."""
+    from acc.engine.errors import error_text
     from acc.engine.session import Session
-    from acc.engine.trainer import error_text
 
     with Session.open(workspace, watch=False, engine=False) as session:
         with Progress(TextColumn(f"[bold]{name}"), BarColumn(), TimeRemainingColumn(), console=console) as progress:

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from acc.datasets import BatchStream
 from acc.engine import EngineConfig
+from acc.engine.devices import resolve_device
 from acc.engine.session import Session
-from acc.engine.trainer import resolve_device
 from acc.mnist import load_mnist
 from acc.models import build_model
 

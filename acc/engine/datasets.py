@@ -22,9 +22,9 @@ from pydantic import BaseModel, ValidationError
 
 from acc.catalog import BUILTIN_NAMES, check_dataset_name, dataset_path, known_datasets, load_dataset
 from acc.datasets import Dataset
+from acc.engine.errors import error_text
 from acc.engine.events import Subscribers
 from acc.engine.jobs import Cancelled, Job, JobManager
-from acc.engine.trainer import error_text
 from acc.generators.base import Generator
 from acc.registry import Registry
 from acc.store import Store

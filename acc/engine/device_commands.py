@@ -1,11 +1,13 @@
-"""The engine's device roles (M4): which device trains, and which one evaluates beside it.
+"""The engine's device roles (M4): which device trains, and which one evaluates beside it; and
+its evaluations, wherever they run.
 
 A mixin of `Engine` (acc/engine/trainer.py). Moving training to another device is a command, so
 it happens at a step boundary: the model, the task heads, Adam's state and the batch streams'
 data move together. Setting an eval device starts an evaluation worker there
 (`acc.engine.eval_worker`): from then on periodic evaluations, [Eval] and factoring jobs run in
 that process on snapshots of the weights, and training never waits for them. Without one,
-evaluations run on the training thread as before.
+evaluations run on the training thread as before. Either way the results are recorded at the step
+evaluated (`_record_eval`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from concurrent.futures import Future
 import torch
 from safetensors.torch import save
 
+from acc.datasets import Dataset
 from acc.engine.devices import check_device
 from acc.engine.eval_worker import EvalWorker
+from acc.engine.evaluation import evaluate_tasks
 
 EVAL_TIMEOUT_S = 600
 
@@ -117,12 +121,34 @@ class DeviceCommands:
                 self._disable(self.tasks[name], f"during evaluation (step {result['step']}): {error}")
         self._record_eval(result["step"], result["run_id"], result["results"])
 
+    # ---- evaluation --------------------------------------------------------------------------
     def _periodic_eval(self) -> None:
         if self.eval_worker is not None:
             self._do_evaluate_beside()
         else:
             self._evaluate()
 
+    def _evaluate(self) -> dict[str, dict[str, float]]:
+        """Evaluate the enabled tasks here, on the training thread."""
+        groups: dict[str, tuple[Dataset, list]] = {}
+        for active in self._enabled_tasks():
+            groups.setdefault(active.task.dataset, (self.data[active.task.dataset].validation, []))[1].append(active.task)
+        results, errors = evaluate_tasks(self.model, groups, self.config.eval_samples, self.config.batch_size, self.device)
+        for name, error in errors.items():
+            self._disable(self.tasks[name], f"during evaluation: {error}")
+        return self._record_eval(self.step, self.run_id, results)
+
+    def _record_eval(self, step: int, run_id: int, results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """An evaluation's results into the store and onto the stream, at the step it evaluated."""
+        self.last_eval, self.last_eval_step = results, step
+        flat = {f"eval/{task}/{k}": v for task, values in results.items() for k, v in values.items()}
+        if flat:
+            self.store.log_metrics(run_id, step, flat)
+        self.store.log_eval(run_id, step, results)
+        self._publish({"type": "eval", "step": step, "results": results})
+        return results
+
+    # ---- helpers -----------------------------------------------------------------------------
     def _share_cores(self) -> None:
         """A worker on the CPU that training also runs on gets its own cores: training keeps the
         rest. Both processes spinning OpenMP threads on the same cores would slow training far
@@ -147,7 +173,6 @@ class DeviceCommands:
         for closing in self._closing_workers:
             closing.join(15)
 
-    # ---- helpers -----------------------------------------------------------------------------
     def _eval_snapshot(self) -> dict:
         """The weights as CPU safetensors bytes and the enabled tasks as specs: plain data (a copy,
         so training may go on at once; about a millisecond for the built-in models)."""

@@ -31,6 +31,12 @@ class DeviceInfo:
     utilization: float | None  # 0..100 %, None where it cannot be read
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def check_device(name: str) -> str:
     """The canonical name of a device this machine has: "cpu" or "cuda:N" ("cuda" is "cuda:0");
     ValueError, listing the devices, otherwise."""

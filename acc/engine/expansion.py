@@ -19,6 +19,14 @@ from acc.models.expand import ExpansionError, expand, parameter_count
 class ExpansionCommands:
     """`expand` and the model's layers and places to grow; see the module docstring."""
 
+    # ---- public, thread-safe ---------------------------------------------------------------------
+    def expand(self, where: str, init: str = "identity", seed: int | None = None) -> dict:
+        """Grow the model by a layer at `where` (one of `model_layers()["points"]`), initialised
+        `init` ("identity": the same function; "random": PyTorch's default). Saves the expanded model
+        as a child checkpoint and continues in a new run; returns {"state", "checkpoint",
+        "autosaved"}. ValueError (ExpansionError) for an unknown place or init: nothing changes."""
+        return self.call("expand", where=where, init=init, seed=seed)
+
     def model_layers(self) -> dict:
         """The live model's layers, the places it can grow and its parameter count. Read without
         waiting for the training thread (the model's structure changes only by replacing it)."""
@@ -29,6 +37,7 @@ class ExpansionCommands:
         return {"points": model.expansion_points(), "params": parameter_count(model),
                 "layers": model.layers(), "model": model.config()}
 
+    # ---- commands ----------------------------------------------------------------------------
     def _do_expand(self, where: str, init: str, seed: int | None) -> dict:
         seed = self._seed_for(f"expand:{where}") if seed is None else seed
         model, renamed = expand(self.model, where, init, seed)  # the live model is untouched until install
@@ -60,6 +69,7 @@ class ExpansionCommands:
                     checkpoint=checkpoint["id"], **expansion)
         return {"state": self.state(), "checkpoint": checkpoint, "autosaved": autosaved}
 
+    # ---- helpers -----------------------------------------------------------------------------
     def _carry_optimizer(self, model: torch.nn.Module, renamed: dict[str, str]) -> torch.optim.Optimizer:
         """A new Adam over the expanded model and the task heads: each existing parameter keeps its
         state (found by its new name), a new parameter has none (Adam starts it at step 0)."""

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
+from acc.engine.errors import error_text
 from acc.engine.events import Subscribers
-from acc.engine.trainer import error_text
 
 log = logging.getLogger(__name__)
 

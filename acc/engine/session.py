@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acc.engine.datasets import DatasetCatalog
-from acc.engine.devices import DeviceManager
+from acc.engine.devices import DeviceManager, resolve_device
 from acc.engine.distributed import Ranks
 from acc.engine.factoring import FactoringService
 from acc.engine.jobs import JobManager
-from acc.engine.trainer import Engine, EngineConfig, resolve_device
+from acc.engine.trainer import Engine, EngineConfig
 from acc.generators.base import Generator
 from acc.recipes.base import Recipe
 from acc.registry import Registry

@@ -10,6 +10,7 @@ kept outside the tree; on start, a trainer continues the last run from the newes
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,33 @@ log = logging.getLogger(__name__)
 
 class CheckpointCommands:
     """Save, load, delete, autosave and restore; see the module docstring."""
+
+    # ---- public, thread-safe ---------------------------------------------------------------------
+    def save_checkpoint(self, name: str | None = None, branch: str | None = None, extra: dict | None = None) -> dict:
+        """Save a checkpoint; `branch` names its line in the tree (default: the run's name),
+        `extra` is kept in its meta (recipes record themselves there)."""
+        return self.call("save_checkpoint", name=name, branch=branch, extra=extra or {})
+
+    def load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
+        """Continue from a checkpoint, in a new run; with `branch`, that run is a fork of that
+        name (checkpoints saved from it are the checkpoint's children on that branch). Unsaved
+        training is first saved as checkpoint "autosave before load ..." (or "fork ..."); the
+        state returned names it under `autosaved`."""
+        return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch, autosave=True)
+
+    def autosave_before(self, what: str) -> dict | None:
+        """Save unsaved training as checkpoint "autosave before <what>" (before something replaces
+        it, e.g. a recipe); returns that checkpoint, or None when nothing was unsaved."""
+        return self.call("autosave_before", what=what)
+
+    def delete_checkpoint(self, checkpoint_id: str) -> dict:
+        """Delete a leaf of the checkpoint tree (its files and its row). Refused (ValueError) for a
+        checkpoint with children, whose curves and branches descend from it, and for the one the
+        trainer continues from; KeyError for an unknown id."""
+        row = self.call("delete_checkpoint", checkpoint_id=checkpoint_id)
+        shutil.rmtree(row["path"], ignore_errors=True)  # here, not on the training thread
+        shutil.rmtree(self.workspace.evals_dir / row["id"], ignore_errors=True)  # its factoring figures
+        return {"id": row["id"], "name": row["name"]}
 
     # ---- commands ----------------------------------------------------------------------------
     def _do_save_checkpoint(self, name: str | None, branch: str | None, extra: dict) -> dict:

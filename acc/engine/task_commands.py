@@ -9,6 +9,7 @@ is removed, its optimizer state with it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,17 @@ class ActiveTask:
 class TaskCommands:
     """Add, remove and update tasks; see the module docstring."""
 
+    # ---- public, thread-safe ---------------------------------------------------------------------
+    def add_task(self, type: str, name: str | None = None, **options: Any) -> TaskState:
+        return self.call("add_task", type=type, name=name, options=options)
+
+    def remove_task(self, name: str) -> None:
+        self.call("remove_task", name=name)
+
+    def update_task(self, name: str, weight: float | None = None, enabled: bool | None = None) -> TaskState:
+        return self.call("update_task", name=name, weight=weight, enabled=enabled)
+
+    # ---- commands ----------------------------------------------------------------------------
     def _do_add_task(self, type: str, name: str | None, options: dict) -> TaskState:
         cls = self.registry.get(type)
         task = cls(name=name, **options)
@@ -95,6 +107,7 @@ class TaskCommands:
                 self._event("task_stale", f"task {active.task.name!r} stale={stale}",
                             task=active.task.name, stale=stale)
 
+    # ---- helpers -----------------------------------------------------------------------------
     def _time_tasks(self, task_ms: dict[str, float]) -> None:
         """Record each task's time; flag (once, on the stream) a task that turns slow."""
         limit_ms = 1000 * self.config.slow_task_s

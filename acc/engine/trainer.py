@@ -12,34 +12,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import threading
 import time
-import zlib
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from acc.catalog import load_dataset
-from acc.datasets import BatchStream, Dataset
 from acc.engine.autosave import Autosaver
 from acc.engine.checkpoint import remove_incomplete
 from acc.engine.commands import CommandQueue
 from acc.engine.data_parallel import DataParallel
 from acc.engine.distributed import Ranks
 from acc.engine.device_commands import DeviceCommands
-from acc.engine.errors import error_text, user_frame  # noqa: F401  (re-exported: jobs, datasets, cli)
-from acc.engine.evaluation import evaluate_tasks, spread
+from acc.engine.devices import resolve_device
+from acc.engine.errors import error_text
+from acc.engine.evaluation import spread
 from acc.engine.events import Subscribers
 from acc.engine.expansion import ExpansionCommands
-from acc.engine.runs import OwnerLock, mark_crashed
+from acc.engine.runs import OwnerLock, RunBookkeeping, mark_crashed
 from acc.engine.snapshots import CheckpointCommands
-from acc.engine.task_commands import ActiveTask, TaskCommands, TaskState
+from acc.engine.streams import DataSource, DataStreams
+from acc.engine.task_commands import ActiveTask, TaskCommands
 from acc.models import build_model
 from acc.protocol import check_model, recon_probabilities
 from acc.registry import Registry
@@ -73,18 +70,6 @@ class EngineConfig:
     ranks: int = 1  # data-parallel ranks on this box, each with a batch of batch_size (acc trainer --ddp N)
 
 
-@dataclass
-class DataSource:
-    stream: BatchStream
-    validation: Dataset
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -93,12 +78,16 @@ def _fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands, DataParallel):
+class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands, DataParallel, RunBookkeeping,
+             DataStreams):
     """Trains a model with live-editable tasks. Thread-safe API; one owner thread does the work.
-    The task commands are in `acc.engine.task_commands`, the checkpoint commands (save, load,
-    delete, autosave, restore) in `acc.engine.snapshots`, model expansion in `acc.engine.expansion`,
-    device roles and evaluation beside training in `acc.engine.device_commands`, what several
-    ranks share at a step boundary in `acc.engine.data_parallel`."""
+    Here: the training itself (start, pause, stop, a new model), the loop and one step. Each mixin
+    holds its commands whole, the public call with its handler: the task commands in
+    `acc.engine.task_commands`, the checkpoint commands (save, load, delete, autosave, restore) in
+    `acc.engine.snapshots`, model expansion in `acc.engine.expansion`, device roles and every
+    evaluation (on the training thread or beside it) in `acc.engine.device_commands`, what several
+    ranks share at a step boundary in `acc.engine.data_parallel`, how runs open and end in
+    `acc.engine.runs`, the data streams and their seeds in `acc.engine.streams`."""
 
     def __init__(self, workspace: Workspace, store: Store, tasks: Registry,
                  config: EngineConfig | None = None, model: nn.Module | None = None,
@@ -127,7 +116,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         self.crashed_runs = mark_crashed(store, workspace.locks_dir)
         self.autosaver = Autosaver(workspace.autosaves_dir, self.config.autosave_keep)
         self._saved_step = 0  # the step of the last checkpoint saved or loaded: "unsaved" past it
-        self._interrupted = False  # the current run's training was stopped before its end
         self._training_s = 0.0  # seconds of training since the last autosave
         self.restore_error: str | None = None
 
@@ -161,15 +149,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         """Submit a command and wait until it is applied; raises the error that stopped it."""
         return self.submit(kind, **args).result(timeout)
 
-    def add_task(self, type: str, name: str | None = None, **options: Any) -> TaskState:
-        return self.call("add_task", type=type, name=name, options=options)
-
-    def remove_task(self, name: str) -> None:
-        self.call("remove_task", name=name)
-
-    def update_task(self, name: str, weight: float | None = None, enabled: bool | None = None) -> TaskState:
-        return self.call("update_task", name=name, weight=weight, enabled=enabled)
-
     def set_model(self, config: dict, run_name: str | None = None) -> dict:
         """Replace the model by `build_model(config)`; tasks are removed and a new run begins
         (named `run_name`, else as configured). Unsaved training is first saved as checkpoint
@@ -198,39 +177,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         """Train `steps` steps and wait for them; returns the state afterwards."""
         self.start(steps).result(timeout)
         return self.state()
-
-    def save_checkpoint(self, name: str | None = None, branch: str | None = None, extra: dict | None = None) -> dict:
-        """Save a checkpoint; `branch` names its line in the tree (default: the run's name),
-        `extra` is kept in its meta (recipes record themselves there)."""
-        return self.call("save_checkpoint", name=name, branch=branch, extra=extra or {})
-
-    def load_checkpoint(self, id_or_name: str, branch: str | None = None) -> dict:
-        """Continue from a checkpoint, in a new run; with `branch`, that run is a fork of that
-        name (checkpoints saved from it are the checkpoint's children on that branch). Unsaved
-        training is first saved as checkpoint "autosave before load ..." (or "fork ..."); the
-        state returned names it under `autosaved`."""
-        return self.call("load_checkpoint", id_or_name=id_or_name, branch=branch, autosave=True)
-
-    def expand(self, where: str, init: str = "identity", seed: int | None = None) -> dict:
-        """Grow the model by a layer at `where` (one of `model_layers()["points"]`), initialised
-        `init` ("identity": the same function; "random": PyTorch's default). Saves the expanded model
-        as a child checkpoint and continues in a new run; returns {"state", "checkpoint",
-        "autosaved"}. ValueError (ExpansionError) for an unknown place or init: nothing changes."""
-        return self.call("expand", where=where, init=init, seed=seed)
-
-    def autosave_before(self, what: str) -> dict | None:
-        """Save unsaved training as checkpoint "autosave before <what>" (before something replaces
-        it, e.g. a recipe); returns that checkpoint, or None when nothing was unsaved."""
-        return self.call("autosave_before", what=what)
-
-    def delete_checkpoint(self, checkpoint_id: str) -> dict:
-        """Delete a leaf of the checkpoint tree (its files and its row). Refused (ValueError) for a
-        checkpoint with children, whose curves and branches descend from it, and for the one the
-        trainer continues from; KeyError for an unknown id."""
-        row = self.call("delete_checkpoint", checkpoint_id=checkpoint_id)
-        shutil.rmtree(row["path"], ignore_errors=True)  # here, not on the training thread
-        shutil.rmtree(self.workspace.evals_dir / row["id"], ignore_errors=True)  # its factoring figures
-        return {"id": row["id"], "name": row["name"]}
 
     def fingerprints(self) -> dict:
         """sha256 of the model's tensors and of each task head's, taken between two steps (so this
@@ -473,25 +419,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         self.store.log_metrics(self.run_id, self.step, metrics)
         self._publish({"type": "metrics", "step": self.step, "values": metrics})
 
-    def _evaluate(self) -> dict[str, dict[str, float]]:
-        groups: dict[str, tuple[Dataset, list]] = {}
-        for active in self._enabled_tasks():
-            groups.setdefault(active.task.dataset, (self.data[active.task.dataset].validation, []))[1].append(active.task)
-        results, errors = evaluate_tasks(self.model, groups, self.config.eval_samples, self.config.batch_size, self.device)
-        for name, error in errors.items():
-            self._disable(self.tasks[name], f"during evaluation: {error}")
-        return self._record_eval(self.step, self.run_id, results)
-
-    def _record_eval(self, step: int, run_id: int, results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        """An evaluation's results into the store and onto the stream, at the step it evaluated."""
-        self.last_eval, self.last_eval_step = results, step
-        flat = {f"eval/{task}/{k}": v for task, values in results.items() for k, v in values.items()}
-        if flat:
-            self.store.log_metrics(run_id, step, flat)
-        self.store.log_eval(run_id, step, results)
-        self._publish({"type": "eval", "step": step, "results": results})
-        return results
-
     # ---- helpers -----------------------------------------------------------------------------
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         check_model(model)
@@ -519,41 +446,6 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             if active.task.head is not None:
                 names.update({p: f"task.{active.task.name}.{n}" for n, p in active.task.head.named_parameters()})
         return names
-
-    def _data(self, name: str) -> DataSource:
-        if name not in self.data:
-            dataset = load_dataset(name, self.workspace.data_dirs, self.workspace.mnist_dir)
-            train, validation = dataset.split(self.config.val_fraction, self.config.seed)
-            stream = BatchStream(train, self.config.batch_size, self._seed_for(self._stream_name(name)), self.device)
-            self.data[name] = DataSource(stream, validation)
-        return self.data[name]
-
-    def _new_run(self, name: str | None = None, ended: str | None = None, **extra: Any) -> int:
-        """End the current run (if any; as `ended`, else as `_end_run` judges) and open a new one,
-        owned by this process (see `acc.engine.runs`)."""
-        if self.run_id is not None:
-            self._end_run(ended)
-        self._interrupted, self._training_s = False, 0.0
-        name = name or self.config.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-        return self.store.create_run(name, {"engine": asdict(self.config), "model": self.model.config(),
-                                            "owner": self.owner.name, **extra})
-
-    def _end_run(self, status: str | None = None) -> None:
-        """`stopped` if its training was cut short (stopped by hand, or replaced or closed while
-        running or paused), else `finished`; or the `status` given."""
-        cut = self._interrupted or self.status in ("running", "paused")
-        self.store.set_run_status(self.run_id, status or ("stopped" if cut else "finished"))
-
-    def _seed_for(self, what: str) -> int:
-        """A stable seed per dataset stream or task head, so runs repeat exactly."""
-        return self.config.seed + zlib.crc32(f"{what}@{self.step}".encode())
-
-    def _reset_streams(self) -> None:
-        """Reseed every data stream from (seed, dataset, step): a run continued from a checkpoint
-        then draws the same batches as the run that saved it."""
-        for name, source in self.data.items():
-            source.stream = BatchStream(source.stream.data, self.config.batch_size,
-                                        self._seed_for(self._stream_name(name)), self.device)
 
     def _finish_run(self) -> None:
         if self._done is not None and not self._done.done():
