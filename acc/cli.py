@@ -182,8 +182,10 @@ def eval_command(
         print(json.dumps(report, indent=2))
         return
     wide = Console(width=max(console.width, 110))  # the whole table, also into a pipe
+    ufr, se = report["ufr"], report.get("ufr_se")
+    score = "-" if ufr is None else f"{ufr:.3f}" + ("" if se is None else f" ± {se:.2g} (probe seeds)")
     table = Table("concept", "slot", "I", "tau", "L", "UFR", "traversal rho", "range", "class kept",
-                  title=f"{report['name']} (step {report['step']}): UFR {report['ufr']:.3f}")
+                  title=f"{report['name']} (step {report['step']}): UFR {score}")
     for name, c in report["concepts"].items():
         t = report["traversal"].get(name, {})
         cells = [c["I"], c["tau"], c["L"], c["ufr"], t.get("rho"), t.get("range"), t.get("class_kept")]

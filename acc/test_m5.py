@@ -161,7 +161,8 @@ def _num(value: object, digits: int = 3) -> str:
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
-    """Both reports side by side: UFR, per concept (I, tau, L, UFR), traversal (rho, range, class kept)."""
+    """Both reports side by side: UFR, per concept (I, tau, L, UFR), traversal (rho, range, class kept),
+    with the standard errors the reports have."""
     reports = [(o.arm.checkpoint, o.report or {}) for o in outcomes]
     names = [name for name, _ in reports]
     width = max(14, *map(len, names))
@@ -172,6 +173,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
     row("step", [r.get("step") for _, r in reports])
     row("UFR", [r.get("ufr") for _, r in reports])
+    row("UFR: standard error (probe seeds)", [r.get("ufr_se") for _, r in reports])
     concepts = list(dict.fromkeys(k for _, r in reports for k in r.get("concepts", {})))
     for concept in concepts:
         row(f"{concept}: slot", [r.get("concepts", {}).get(concept, {}).get("slot") for _, r in reports])
@@ -183,7 +185,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
         row(f"{concept}: info best other (nats)", [i.get("best_other") for i in infos])
         row(f"{concept}: best other slot", [i.get("best_other_slot") for i in infos])
     for concept in list(dict.fromkeys(k for _, r in reports for k in r.get("traversal", {}))):
-        for part in ("rho", "range", "class_kept"):
+        for part in ("rho", "rho_se", "range", "range_se", "class_kept", "class_kept_se"):
             row(f"{concept} traversal: {part}", [r.get("traversal", {}).get(concept, {}).get(part) for _, r in reports])
     row("MIG", [(r.get("mig") or {}).get("mig") for _, r in reports])
     row("DCI disentanglement", [(r.get("dci") or {}).get("disentanglement") for _, r in reports])
@@ -220,7 +222,8 @@ def compare(c: Checklist, baseline: Outcome, curriculum: Outcome, baseline_notes
     cleaner = rb is not None and rk is not None and abs(rk) > abs(rb)
     c.check(f"comparison: {curriculum.arm.checkpoint}'s {CONCEPT} traversal is cleaner: it follows {CONCEPT} more closely "
             f"(|rho| higher than {baseline.arm.checkpoint}'s)", cleaner,
-            f"|rho| {_num(abs(rk) if rk is not None else None)} vs {_num(abs(rb) if rb is not None else None)}; "
+            f"|rho| {_num(abs(rk) if rk is not None else None)} ± {_num(tk.get('rho_se'))} vs "
+            f"{_num(abs(rb) if rb is not None else None)} ± {_num(tb.get('rho_se'))} (standard errors over the seed images); "
             f"range {_num(tk.get('range'))} vs {_num(tb.get('range'))} px")
     kept = tk.get("class_kept")
     c.check(f"comparison: {curriculum.arm.checkpoint}'s {CONCEPT} traversal keeps the digit class in most steps "

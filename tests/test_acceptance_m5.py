@@ -100,7 +100,8 @@ def test_the_m5_pipeline_runs_end_to_end_on_a_short_recipe_pair(workspace, train
     assert "short_mnist_only" in header and "short_curriculum" in header and "short_swap" in header
     labels = [row[:34].strip() for row in rows]
     for label in ("UFR", "thickness: I", "thickness: tau", "thickness: L", "thickness: UFR", "slant: UFR",
-                  "thickness traversal: rho", "thickness traversal: range", "thickness traversal: class_kept"):
+                  "thickness traversal: rho", "thickness traversal: range", "thickness traversal: class_kept",
+                  "UFR: standard error (probe seeds)", "thickness traversal: rho_se"):
         assert label in labels, label
     side = Image.open(tmp_path / "m5" / "thickness-side-by-side.png")
     assert side.height > 3 * 5 * 28  # three branches' grids

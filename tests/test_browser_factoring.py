@@ -62,7 +62,7 @@ def test_run_eval_from_the_tree_then_its_evaluation_page_then_a_comparison(train
             cells = table.locator("tbody tr").nth(i).locator("td")
             expect(cells.nth(0)).to_have_text(name)
             expect(cells.nth(1)).to_have_text(concept["slot"])
-            expect(cells.nth(2)).to_have_text(f"{concept['I']:.3g}")
+            expect(cells.nth(2)).to_have_text(f"{concept['I']:.3g} ± {concept['se']['I']:.2g}")
         expect(page.locator('[data-transfer="thickness"] canvas').first).to_be_visible(timeout=WAIT_MS)
         images_loaded(page, "traversal", len(report["slots"]))  # fetched by the browser, through the dashboard
         images_loaded(page, "attention", 1)

@@ -230,6 +230,21 @@ def test_cleanliness_of_unordered_traversals(seeds):
     json.dumps(flat, allow_nan=False)
 
 
+def test_cleanliness_standard_errors_over_the_seed_images(seeds):
+    """Rows that agree have no spread; rows that disagree do; one seed has no standard error."""
+    images, classes = seeds
+    ramp = thickened(images, np.linspace(1.5, 5.5, 9))
+    agree = traversal_cleanliness(ramp, "thickness", classes, keep_classes(classes, 9, 9))
+    assert agree["class_kept_se"] == 0.0 and agree["rho_se"] < 0.03
+    mixed = ramp.copy()
+    mixed[2:] = ramp[2:, ::-1]  # two seeds thicken, three thin
+    mixed_classes = traversal_cleanliness(mixed, "thickness", classes, keep_classes(classes, 9, 4))
+    assert mixed_classes["rho_se"] > 0.2 > agree["rho_se"]
+    assert mixed_classes["range_se"] >= 0 and mixed_classes["class_kept_se"] == pytest.approx(0.0)  # each row kept 4 of 9
+    one = traversal_cleanliness(ramp[:1], "thickness", classes[:1], keep_classes(classes[:1], 9, 9))
+    assert one["rho_se"] is None and one["range_se"] is None and one["class_kept_se"] is None
+
+
 def test_cleanliness_of_a_slant_traversal(seeds):
     images, classes = seeds
     targets = np.linspace(-0.5, 0.5, 9)

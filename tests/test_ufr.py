@@ -162,6 +162,34 @@ def test_report_is_json_and_complete(reports):
     assert r["concepts"]["digit"]["contexts"][:3] == ["source: source 0", "source: source 1", "source: source 2"]
 
 
+def test_standard_errors_are_the_spread_of_the_seeds_scored_alone(reports):
+    """Each value's standard error over the probe seeds: small where the code is clean, larger with
+    fewer samples, and absent with one seed."""
+    for kind, r in reports.items():
+        assert r["ufr_se"] is not None and r["ufr_se"] >= 0, kind
+        for c in r["concepts"].values():
+            assert set(c["se"]) == {"I", "tau", "L", "ufr"} and all(v is not None and v >= 0 for v in c["se"].values())
+    assert reports["factored"]["ufr_se"] < 0.01  # every seed finds the same clean code
+    f = factors(7)
+    concepts, contexts = setting(f)
+    z = build("noisy", f, seed=8)
+    whole = ufr_report(z, SLOTS, concepts, contexts, assignment=TRUE)
+    alone = ufr_report(z, SLOTS, concepts, contexts, assignment=TRUE, seeds=1)
+    assert alone["ufr_se"] is None and all(v is None for v in alone["concepts"]["slant"]["se"].values())
+    few = slice(0, 300)
+    small = ufr_report(z[few], SLOTS, concepts_of(concepts, few), contexts_of(contexts, few), assignment=TRUE)
+    assert small["concepts"]["slant"]["se"]["I"] > whole["concepts"]["slant"]["se"]["I"]
+
+
+def concepts_of(concepts: list[Concept], rows: slice) -> list[Concept]:
+    return [Concept(c.name, np.asarray(c.values)[rows], c.kind) for c in concepts]
+
+
+def contexts_of(contexts: dict[str, list[ContextFamily]], rows: slice) -> dict[str, list[ContextFamily]]:
+    return {name: [ContextFamily(f.name, {g: np.asarray(m)[rows] for g, m in f.groups.items()}) for f in families]
+            for name, families in contexts.items()}
+
+
 def test_hungarian_recovers_the_true_assignment():
     f = factors(3)
     concepts, contexts = setting(f)

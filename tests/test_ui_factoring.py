@@ -18,7 +18,7 @@ from PIL import Image
 from acc.ui.app import route
 from acc.ui.client import TrainerClient
 from acc.ui.factoring import (HOW_TO_READ, better, compare_url, comparison_rows, eval_url, figure_url, slot_info_options,
-                              transfer_options, traversal_facts, ufr_rows)
+                              transfer_options, traversal_facts, ufr_rows, ufr_text)
 from acc.ui.tree import tree_nodes
 from tests.test_ui import dashboard, eventually, no_error_logs  # noqa: F401 (an autouse fixture)
 
@@ -66,6 +66,25 @@ def test_the_better_of_two_reports_is_marked_per_row():
     assert better(None, 1.0) == "" and better(0.2, 0.1, higher=False) == "b"
 
 
+def test_a_difference_within_the_evaluations_noise_gets_no_arrow():
+    a = report(0.40, {"I": 0.80, "tau": 0.9, "L": 0.1, "ufr": 0.40, "se": {"I": 0.01, "tau": 0.01, "L": 0.01, "ufr": 0.01}})
+    b = report(0.43, {"I": 0.81, "tau": 0.9, "L": 0.5, "ufr": 0.43, "se": {"I": 0.01, "tau": 0.01, "L": 0.01, "ufr": 0.01}})
+    a["ufr_se"] = b["ufr_se"] = 0.01
+    a["traversal"]["thickness"] |= {"rho_se": 0.2, "class_kept_se": 0.05}
+    b["traversal"]["thickness"] |= {"rho": 0.7, "rho_se": 0.2, "class_kept": 0.95, "class_kept_se": 0.05}
+    rows = {row["what"]: row for row in comparison_rows(a, b)}
+    assert rows["UFR"]["better"] == "b"  # 0.03 against 2 x 0.014: outside the noise
+    assert rows["UFR"]["noise"] == pytest.approx(0.01 * 2 ** 0.5)
+    assert rows["thickness I"]["better"] == "≈"  # 0.01: inside it
+    assert rows["thickness L"]["better"] == "b"
+    assert rows["thickness traversal |ρ|"]["better"] == "≈"  # 0.2 apart, each ± 0.2 over 5 seeds
+    assert rows["thickness class kept"]["better"] == "b"
+    assert rows["MIG"]["noise"] is None  # no standard error: only the tolerance applies
+    no_se = {row["what"]: row for row in comparison_rows(report(0.4, {"I": 0.8}), report(0.4, {"I": 0.81}))}
+    assert no_se["thickness I"]["better"] == "b" and no_se["thickness I"]["noise"] is None
+    assert better(0.5, 0.519, noise=0.01) == "≈" and better(0.5, 0.53, noise=0.01) == "b"
+
+
 def test_transfer_matrix_cells_without_a_value_stay_blank_and_the_diagonal_is_outlined():
     r = report(0.5, {"I": 0.5, "tau": 0.5, "L": 0.5, "ufr": 0.5})
     options = transfer_options("thickness", r["concepts"]["thickness"])
@@ -80,8 +99,15 @@ def test_transfer_matrix_cells_without_a_value_stay_blank_and_the_diagonal_is_ou
                                   "tau": "0.5", "L": "0.5", "ufr": "0.5", "leak": "style: 0.25 nats (own 0.5)"}
     assert traversal_facts(r, "thickness") == "scored as thickness · ρ -0.9 · range 2 px · class kept 0.75"
     assert traversal_facts(r, "style") is None
+    r["concepts"]["thickness"]["se"] = {"I": 0.012, "tau": None, "L": 0.003, "ufr": 0.0051}
+    r["traversal"]["thickness"] |= {"rho_se": 0.04, "range_se": 0.31, "class_kept_se": 0.1}
+    assert {k: ufr_rows(r)[0][k] for k in ("I", "tau", "L", "ufr")} == {
+        "I": "0.5 ± 0.012", "tau": "0.5", "L": "0.5 ± 0.003", "ufr": "0.5 ± 0.0051"}
+    assert traversal_facts(r, "thickness") == ("scored as thickness · ρ -0.9 ± 0.04 · range 2 ± 0.31 px · "
+                                               "class kept 0.75 ± 0.1")
+    assert ufr_text(r) == "0.500" and ufr_text(r | {"ufr_se": 0.0123}) == "0.500 ± 0.012"
     r["traversal"]["thickness"]["probe"] = {"rho": 0.05, "range": 0.3, "class_kept": 0.9}
-    assert traversal_facts(r, "thickness").endswith("class kept 0.75 · along the probe's direction ρ 0.05, range 0.3")
+    assert traversal_facts(r, "thickness").endswith("class kept 0.75 ± 0.1 · along the probe's direction ρ 0.05, range 0.3")
 
 
 def test_a_node_shows_its_ufr_its_progress_and_its_evaluation_link():
@@ -174,7 +200,7 @@ async def test_the_evaluation_page_shows_every_block_of_the_report_and_runs_one_
         await user.open(f"/checkpoints/{first['id']}/eval")
         await user.should_see(marker="ufr-table", retries=200)
         assert texts(user, "eval-title") == ["first · step 20"]
-        assert texts(user, "ufr-value") == [f"{report['ufr']:.3g}"]
+        assert texts(user, "ufr-value") == [ufr_text(report)] and " ± " in ufr_text(report)
         assert texts(user, "assignment-rule") == [f"assignment rule: {report['assignment_rule']}"]
         table = user.find(marker="ufr-table").elements.pop()
         by_concept = {row["concept"]: row for row in table.rows}
@@ -183,7 +209,9 @@ async def test_the_evaluation_page_shows_every_block_of_the_report_and_runs_one_
             row = by_concept[name]
             assert row["slot"] == concept["slot"]
             for key in ("I", "tau", "L", "ufr"):
-                assert float(row[key]) == pytest.approx(concept[key], abs=5e-3), (name, key)
+                value, se = row[key].split(" ± ")  # every value beside its standard error over the probe seeds
+                assert float(value) == pytest.approx(concept[key], abs=5e-3), (name, key)
+                assert float(se) == pytest.approx(concept["se"][key], rel=0.05, abs=1e-9), (name, key)
         assert texts(user, "importance-model") == [f"DCI importance model: {report['dci']['importance_model']}"]
         literature = {row["what"]: row["value"] for row in user.find(marker="literature-table").elements.pop().rows}
         assert float(literature["MIG"]) == pytest.approx(report["mig"]["mig"], rel=1e-2)
@@ -229,7 +257,7 @@ async def test_the_evaluation_page_shows_every_block_of_the_report_and_runs_one_
         await user.should_see(marker="ufr-table", retries=10 * JOB_S)
         assert texts(user, "run-eval") == ["Re-run Eval"]
         with TrainerClient(trainer.base_url) as client:
-            assert texts(user, "ufr-value") == [f"{client.factoring(second['id'])['ufr']:.3g}"]
+            assert texts(user, "ufr-value") == [ufr_text(client.factoring(second["id"]))]
 
         await user.open("/checkpoints/nope/eval")
         await user.should_see(marker="no-checkpoint", retries=100)
@@ -265,7 +293,7 @@ async def test_compare_puts_two_checkpoints_side_by_side_with_the_better_marked(
                 value = row[side]
                 shown = cell.text.removeprefix("▲ ")
                 assert (value is None and shown == "—") or math.isclose(float(shown), value, rel_tol=1e-2, abs_tol=1e-3)
-        assert {rows["UFR"]["better"]} <= {"a", "b", "="}
+        assert {rows["UFR"]["better"]} <= {"a", "b", "=", "≈"}
         for slot in report_a["slots"]:  # traversal grids next to each other, per slot group
             for side, (row, rep) in {"a": (first, report_a), "b": (second, report_b)}.items():
                 image = found(user, f"cmp-traversal:{slot}:{side}")[0]

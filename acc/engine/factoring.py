@@ -32,7 +32,7 @@ from acc.models import build_model
 from acc.store import Store
 from acc.workspace import Workspace
 
-VERSION = 3  # of the evaluation: a change makes every stored report stale (3: traversal grids show input and recon)
+VERSION = 3  # of the evaluation: a change makes every stored report stale
 FIGURE_KINDS = ("traversal", "activation", "attention")
 
 

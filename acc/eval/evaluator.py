@@ -154,7 +154,8 @@ class FactoringEvaluator:
         notes = list(scores.get("notes", []))
         notes += [f"{c}: no slot of that name and no task supervises it; not scored" for c in missing]
         report = {
-            "ufr": scores["ufr"], "assignment_rule": rule if rule == "hungarian" else scores["assignment_rule"],
+            "ufr": scores["ufr"], "ufr_se": scores["ufr_se"],
+            "assignment_rule": rule if rule == "hungarian" else scores["assignment_rule"],
             "concepts": scores["concepts"], "slot_info": scores["slot_info"], "traversal": traversal,
             **literature, "attention": attention_report, "parts_missing": parts_missing, "notes": notes,
             "classifier": self.classifier.info, "sets": self.sets.info, "settings": self.config.key(),

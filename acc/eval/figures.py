@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from acc import measure
 from acc.images import GAP, GAP_VALUE, as_uint8, caption_fonts, fitting_font, font, png_bytes, upscale_nearest
@@ -195,6 +195,9 @@ def traversal_cleanliness(images: np.ndarray, concept: str, seed_classes: Sequen
     - `class_kept`: the fraction of the S*T images classified as their seed's class
       (`seed_classes` [S]); `class_kept_per_step` the fraction at each step.
     - `measured`: the values [S][T].
+    - `rho_se`, `range_se`, `class_kept_se`: their standard errors over the seed images (a
+      bootstrap over the rows for the pooled `rho`; the rows' spread over sqrt(S) for the others),
+      None with one seed. Five seeds are few: a difference within these says nothing.
     """
     if concept not in CONCEPT_UNITS:
         raise ValueError(f"concept must be one of {sorted(CONCEPT_UNITS)}, got {concept!r}")
@@ -219,6 +222,9 @@ def traversal_cleanliness(images: np.ndarray, concept: str, seed_classes: Sequen
         "seeds": int(s),
         "steps": int(t),
         "rho": _spearman(np.tile(step, s), values.ravel()),
+        "rho_se": _bootstrap_rho_se(step, values),
+        "range_se": _row_se(ranges),
+        "class_kept_se": _row_se(kept.mean(1)),
         "rho_per_seed": per_seed,
         "rho_seed_mean": float(np.mean(per_seed)),
         "range": float(ranges.mean()),
@@ -227,6 +233,28 @@ def traversal_cleanliness(images: np.ndarray, concept: str, seed_classes: Sequen
         "class_kept_per_step": [float(k) for k in kept.mean(0)],
         "measured": [[float(v) for v in row] for row in values],
     }
+
+
+BOOTSTRAP = 200  # resamples of the seed rows for the standard error of the pooled rho
+
+
+def _bootstrap_rho_se(step: np.ndarray, values: np.ndarray) -> float | None:
+    """The standard error of the pooled rho over rows `values` [S, T]: its spread over resamples of
+    the S rows with replacement (a fixed generator, so the same traversal gives the same number)."""
+    s = len(values)
+    if s < 2:
+        return None
+    rows = np.random.default_rng(0).integers(0, s, size=(BOOTSTRAP, s))
+    x = rankdata(np.tile(step, s)) - (s * len(step) + 1) / 2  # centred ranks of the steps (the same in every resample)
+    y = rankdata(values[rows].reshape(BOOTSTRAP, -1), axis=1)
+    y -= y.mean(axis=1, keepdims=True)
+    norm = np.sqrt((x ** 2).sum() * (y ** 2).sum(axis=1))
+    rho = np.where(norm > 0, (y @ x) / np.where(norm > 0, norm, 1.0), 0.0)  # constant rows: 0, as _spearman
+    return float(np.std(rho, ddof=1))
+
+
+def _row_se(per_row: np.ndarray) -> float | None:
+    return None if len(per_row) < 2 else float(np.std(per_row, ddof=1) / math.sqrt(len(per_row)))
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -379,23 +379,48 @@ def ufr_report(codes: np.ndarray, slots: dict[str, slice], concepts: list[Concep
     `UFR_c = (I * tau * L) ** (1/3)` (None when tau is None); `ufr` = the mean over concepts that
     have one (None if none). Deterministic: seed s uses `numpy.random.default_rng(s)`.
 
-    Returns a JSON-able dict: {"ufr", "assignment_rule", "concepts": {name: {"slot", "kind", "I",
-    "tau", "L", "ufr", "contexts", "context_families", "P", "info": {"own", "best_other",
-    "best_other_slot"}}}, "slot_info": {"slots", "concepts", "values"}, "probe", "notes"}.
+    Beside each value, its standard error over the seeds (`ufr_se`, each concept's `se`): see
+    `_add_standard_errors`.
+
+    Returns a JSON-able dict: {"ufr", "ufr_se", "assignment_rule", "concepts": {name: {"slot", "kind",
+    "I", "tau", "L", "ufr", "se": {"I", "tau", "L", "ufr"}, "contexts", "context_families", "P",
+    "info": {"own", "best_other", "best_other_slot"}}}, "slot_info": {"slots", "concepts", "values"},
+    "probe", "notes"}.
     Raises ValueError on inconsistent input (lengths, slots, masks, assignment).
     """
     limit = threadpool_limits(1, user_api="blas") if threadpool_limits else nullcontext()
     with limit:
-        return _ufr_report(codes, slots, concepts, contexts, assignment, seeds)
+        contexts = contexts or {}
+        codes = _check_inputs(codes, slots, concepts, contexts, assignment, seeds)
+        halves = _halves(codes.shape[0], seeds)
+        report = _ufr_report(codes, slots, concepts, contexts, assignment, halves)
+        _add_standard_errors(report, codes, slots, concepts, contexts, halves)
+        return report
 
 
-def _ufr_report(codes, slots, concepts, contexts, assignment, seeds) -> dict:
-    contexts = contexts or {}
-    codes = _check_inputs(codes, slots, concepts, contexts, assignment, seeds)
-    n = codes.shape[0]
+def _add_standard_errors(report: dict, codes, slots, concepts, contexts, halves: np.ndarray) -> None:
+    """`ufr_se` and each concept's `se` {I, tau, L, ufr}: the standard error of the mean over the
+    probe seeds, from each seed's halves scored alone (with the report's assignment). It is the
+    evaluation's own noise: a difference between two checkpoints smaller than it says nothing. None
+    with one seed, or where a seed has no value."""
+    seeds = len(halves)
+    assignment = {name: c["slot"] for name, c in report["concepts"].items()}
+    alone = [_ufr_report(codes, slots, concepts, contexts, assignment, halves[s:s + 1]) for s in range(seeds)]
+
+    def se(values: list) -> float | None:
+        if seeds < 2 or any(v is None for v in values):
+            return None
+        return float(np.std(values, ddof=1) / math.sqrt(seeds))
+
+    report["ufr_se"] = se([r["ufr"] for r in alone])
+    for name, concept in report["concepts"].items():
+        concept["se"] = {key: se([r["concepts"][name][key] for r in alone]) for key in ("I", "tau", "L", "ufr")}
+    report["probe"]["se"] = "standard error of the mean over the seeds, from each seed's halves scored alone"
+
+
+def _ufr_report(codes, slots, concepts, contexts, assignment, halves: np.ndarray) -> dict:
     X_all = _standardise_globally(codes)
     targets = _prepare(concepts)
-    halves = _halves(n, seeds)
     notes: list[str] = []
     slot_names = list(slots)
 
@@ -462,7 +487,7 @@ def _ufr_report(codes, slots, concepts, contexts, assignment, seeds) -> dict:
         "slot_info": {"slots": slot_names, "concepts": [t.name for t in targets],
                       "values": [[float(v) for v in row] for row in info]},
         "probe": {"model": "ridge (one-hot for classes), standardised on the fit data", "alpha": RIDGE_ALPHA,
-                  "seeds": int(seeds), "min_group": MIN_GROUP,
+                  "seeds": len(halves), "min_group": MIN_GROUP,
                   "score": {"continuous": "clip(R2, 0, 1)", "class": "chance-corrected balanced accuracy"},
                   "info": {"continuous": "-1/2 log(1 - R2)",
                            "class": "log m - cross-entropy of softmax(beta * ridge scores)"}},

@@ -1,7 +1,8 @@
 """`/compare?a=<id>&b=<id>`: two checkpoints side by side (M5).
 
 Their factoring first: UFR, and each concept's UFR, I, τ, L (and traversal |ρ| and class kept)
-for both, the better of each pair marked with a green arrow, the difference b - a beside them;
+for both, the better of each pair marked with a green arrow, the difference b - a beside them
+(≈ where it is within the evaluation's own noise);
 MIG, DCI and attention overlap the same way. Then per slot group the two traversal grids next to
 each other, and the two attention overlays: the evaluator uses fixed seed images and steps, so the
 grids line up image for image. Where a checkpoint has no report yet, its [Run Eval] runs one and
@@ -21,8 +22,8 @@ from nicegui import run, ui
 from acc.ui.actions import fetch
 from acc.ui.client import TrainerError
 from acc.ui.eval_page import find_row, pair_table
-from acc.ui.factoring import (BETTER_COLOR, EvalRunner, attention_rows, compare_url, comparison_rows, eval_url,
-                              figure_image, figure_url, how_to_read, num, traversal_facts)
+from acc.ui.factoring import (BETTER_COLOR, NOISE_SE, EvalRunner, attention_rows, compare_url, comparison_rows,
+                              eval_url, figure_image, figure_url, how_to_read, num, traversal_facts)
 from acc.ui.link import Link
 from acc.ui.pages import CHECKPOINT_EVENTS, LivePage
 from acc.ui.tree import COLORS, COMPARE_POINTS, compare_keys, compare_options, differences, fork_step
@@ -35,7 +36,10 @@ SIDES = ("a", "b")
 def delta_text(row: dict[str, Any]) -> str:
     if row["delta"] is None:
         return "—"
-    return "=" if row["better"] == "=" else f"{row['delta']:+.3g}"
+    if row["better"] == "=":
+        return "="
+    within = f" ≈ within noise (±{NOISE_SE * row['noise']:.2g})" if row["better"] == "≈" else ""
+    return f"{row['delta']:+.3g}{within}"
 
 
 class ComparePage(LivePage):
@@ -163,7 +167,9 @@ class ComparePage(LivePage):
         with ui.card().classes("full-width"):
             ui.label("Factoring").classes("acc-title")
             ui.label("The better value of each pair has a green arrow (higher is better, except attention overlap); "
-                     "Δ is b - a.").classes("acc-note")
+                     "Δ is b - a. A difference within twice its standard error (the evaluation's own noise: the "
+                     "probe seeds for UFR and its parts, the 5 seed images for a traversal) is marked ≈ "
+                     "and gets no arrow.").classes("acc-note")
             how_to_read("ufr")
             how_to_read("concepts")
             missing = [f"{side} ({self.chosen[side]['name']})" for side in SIDES if self.reports[side] is None]

@@ -23,7 +23,7 @@ from acc.ui.actions import fetch
 from acc.ui.client import TrainerError
 from acc.ui.factoring import (EvalRunner, attention_rows, bottom_margin, compare_url, figure_image, figure_url,
                               how_to_read, literature_rows, num, slot_info_options, transfer_options, traversal_facts,
-                              ufr_rows)
+                              ufr_rows, ufr_text)
 from acc.ui.link import Link
 from acc.ui.pages import CHECKPOINT_EVENTS, LivePage
 
@@ -63,8 +63,7 @@ def draw_report(report: dict[str, Any], checkpoint_id: str) -> None:
     with ui.element().classes("acc-cards"):
         with ui.card().style("flex: 0 1 18rem"):
             ui.label("UFR").classes("acc-title")
-            ufr = report.get("ufr")
-            ui.label("—" if ufr is None else f"{ufr:.3f}").classes("text-h4 acc-num").props('data-role="ufr-value"').mark("ufr-value")
+            ui.label(ufr_text(report)).classes("text-h4 acc-num").props('data-role="ufr-value"').mark("ufr-value")
             ui.label(f"assignment rule: {report.get('assignment_rule', '—')}").props(
                 'data-role="assignment-rule"').mark("assignment-rule")
             classifier = report.get("classifier") or {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,6 +85,17 @@ def num(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def num_se(value: Any, se: float | None, digits: int = 3) -> str:
+    """`num(value)`, with ` ± se` (two significant places) where its standard error is known."""
+    return num(value, digits) + ("" if se is None or value is None else f" ± {se:.2g}")
+
+
+def ufr_text(report: dict[str, Any]) -> str:
+    """The report's UFR to 3 decimals, ± its standard error over the probe seeds where it has one."""
+    ufr, se = report.get("ufr"), report.get("ufr_se")
+    return "—" if ufr is None else f"{ufr:.3f}" + ("" if se is None else f" ± {se:.2g}")
+
+
 def eval_url(checkpoint_id: str) -> str:
     return f"/checkpoints/{quote(checkpoint_id, safe='')}/eval"
 
@@ -106,13 +118,15 @@ def slot_concepts(report: dict[str, Any]) -> dict[str, str]:
 
 
 def ufr_rows(report: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per concept: the slot it is scored on, I, τ, L, UFR, and where it leaks most."""
+    """One row per concept: the slot it is scored on, I, τ, L, UFR (each ± its standard error over
+    the probe seeds where the report has one), and where it leaks most."""
     rows = []
     for name, c in report.get("concepts", {}).items():
         info = c.get("info") or {}
         leak = info.get("best_other_slot")
+        se = c.get("se") or {}
         rows.append({"concept": name, "slot": c.get("slot", "—"), "kind": c.get("kind", ""),
-                     "I": num(c.get("I")), "tau": num(c.get("tau")), "L": num(c.get("L")), "ufr": num(c.get("ufr")),
+                     **{key: num_se(c.get(key), se.get(key)) for key in ("I", "tau", "L", "ufr")},
                      "leak": f"{leak}: {num(info.get('best_other'))} nats (own {num(info.get('own'))})" if leak else "—"})
     return rows
 
@@ -202,8 +216,9 @@ def traversal_facts(report: dict[str, Any], slot: str) -> str | None:
     facts = (report.get("traversal") or {}).get(concept)
     if not facts:
         return f"scored as {concept}"
-    text = (f"scored as {concept} · ρ {num(facts.get('rho'), 2)} · range {num(facts.get('range'), 2)} "
-            f"{facts.get('unit', '')} · class kept {num(facts.get('class_kept'), 2)}")
+    text = (f"scored as {concept} · ρ {num_se(facts.get('rho'), facts.get('rho_se'), 2)} · range "
+            f"{num_se(facts.get('range'), facts.get('range_se'), 2)} {facts.get('unit', '')} · class kept "
+            f"{num_se(facts.get('class_kept'), facts.get('class_kept_se'), 2)}")
     probe = facts.get("probe")
     if probe:  # the diagnosis: along the direction a probe reads the concept
         text += f" · along the probe's direction ρ {num(probe.get('rho'), 2)}, range {num(probe.get('range'), 2)}"
@@ -221,20 +236,34 @@ def attention_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def better(a: float | None, b: float | None, higher: bool = True, tolerance: float = 5e-4) -> str:
-    """'a' or 'b' (the better of two values), '=' when they are within `tolerance`, '' when one is missing."""
+NOISE_SE = 2  # a difference within this many standard errors (of the two values together) is noise
+
+
+def better(a: float | None, b: float | None, higher: bool = True, tolerance: float = 5e-4,
+           noise: float | None = None) -> str:
+    """'a' or 'b' (the better of two values), '=' when they are within `tolerance`, '≈' when they
+    differ by no more than NOISE_SE times `noise` (the standard error of b - a), '' when one is
+    missing."""
     if a is None or b is None:
         return ""
     if abs(a - b) <= tolerance:
         return "="
+    if noise is not None and abs(a - b) <= NOISE_SE * noise:
+        return "≈"
     return "a" if (a > b) == higher else "b"
 
 
 def comparison_rows(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Rows {what, group, a, b, better, delta} comparing two reports (either may be None): UFR,
-    each concept's UFR, I, τ, L, traversal |ρ| and class kept, then MIG, DCI and attention overlap."""
+    """Rows {what, group, a, b, better, delta, noise} comparing two reports (either may be None):
+    UFR, each concept's UFR, I, τ, L, traversal |ρ| and class kept, then MIG, DCI and attention
+    overlap. `noise` is the standard error of the difference where both reports have one (the
+    evaluation's own: probe seeds for UFR and its parts, seed images for the traversal); a
+    difference within NOISE_SE of it is marked '≈', not better."""
     def concept(report, name, key):
         return ((report or {}).get("concepts", {}).get(name) or {}).get(key)
+
+    def concept_se(report, name, key):
+        return (concept(report, name, "se") or {}).get(key)
 
     def trav(report, name, key):
         value = ((report or {}).get("traversal", {}).get(name) or {}).get(key)
@@ -246,24 +275,31 @@ def comparison_rows(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[
             value = value.get(key) if isinstance(value, dict) else None
         return value
 
-    specs: list[tuple[str, str, Callable[[Any], Any], bool]] = [("UFR", "overall", lambda r: get(r, "ufr"), True)]
+    none = lambda r: None  # noqa: E731  (no standard error for this row)
+    specs: list[tuple[str, str, Callable[[Any], Any], bool, Callable[[Any], Any]]] = [
+        ("UFR", "overall", lambda r: get(r, "ufr"), True, lambda r: get(r, "ufr_se"))]
     names = list(dict.fromkeys([*((a or {}).get("concepts") or {}), *((b or {}).get("concepts") or {})]))
     for name in names:
         for key, label in (("ufr", "UFR"), ("I", "I"), ("tau", "τ"), ("L", "L")):
-            specs.append((f"{name} {label}", name, lambda r, n=name, k=key: concept(r, n, k), True))
+            specs.append((f"{name} {label}", name, lambda r, n=name, k=key: concept(r, n, k), True,
+                          lambda r, n=name, k=key: concept_se(r, n, k)))
         if any(name in ((r or {}).get("traversal") or {}) for r in (a, b)):
-            specs.append((f"{name} traversal |ρ|", name, lambda r, n=name: trav(r, n, "rho"), True))
-            specs.append((f"{name} class kept", name, lambda r, n=name: trav(r, n, "class_kept"), True))
-    specs += [("MIG", "literature", lambda r: get(r, "mig", "mig"), True),
-              ("DCI disentanglement", "literature", lambda r: get(r, "dci", "disentanglement"), True),
-              ("DCI completeness", "literature", lambda r: get(r, "dci", "completeness"), True),
-              ("DCI informativeness", "literature", lambda r: get(r, "dci", "informativeness"), True),
-              ("attention overlap", "attention", lambda r: get(r, "attention", "overlap"), False)]
+            specs.append((f"{name} traversal |ρ|", name, lambda r, n=name: trav(r, n, "rho"), True,
+                          lambda r, n=name: trav(r, n, "rho_se")))
+            specs.append((f"{name} class kept", name, lambda r, n=name: trav(r, n, "class_kept"), True,
+                          lambda r, n=name: trav(r, n, "class_kept_se")))
+    specs += [("MIG", "literature", lambda r: get(r, "mig", "mig"), True, none),
+              ("DCI disentanglement", "literature", lambda r: get(r, "dci", "disentanglement"), True, none),
+              ("DCI completeness", "literature", lambda r: get(r, "dci", "completeness"), True, none),
+              ("DCI informativeness", "literature", lambda r: get(r, "dci", "informativeness"), True, none),
+              ("attention overlap", "attention", lambda r: get(r, "attention", "overlap"), False, none)]
     rows = []
-    for what, group, value, higher in specs:
+    for what, group, value, higher, se in specs:
         x, y = (value(a) if a else None), (value(b) if b else None)
-        rows.append({"what": what, "group": group, "a": x, "b": y, "better": better(x, y, higher),
-                     "delta": None if x is None or y is None else y - x, "higher": higher})
+        sx, sy = (se(a) if a else None), (se(b) if b else None)
+        noise = None if sx is None or sy is None else math.hypot(sx, sy)
+        rows.append({"what": what, "group": group, "a": x, "b": y, "better": better(x, y, higher, noise=noise),
+                     "delta": None if x is None or y is None else y - x, "higher": higher, "noise": noise})
     return rows
 
 
