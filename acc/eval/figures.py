@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from scipy.stats import rankdata, spearmanr
 
 from acc import measure
+from acc.eval.ufr import standard_error
 from acc.images import GAP, GAP_VALUE, as_uint8, caption_fonts, fitting_font, font, png_bytes, upscale_nearest
 from acc.protocol import recon_probabilities
 
@@ -223,8 +224,8 @@ def traversal_cleanliness(images: np.ndarray, concept: str, seed_classes: Sequen
         "steps": int(t),
         "rho": _spearman(np.tile(step, s), values.ravel()),
         "rho_se": _bootstrap_rho_se(step, values),
-        "range_se": _row_se(ranges),
-        "class_kept_se": _row_se(kept.mean(1)),
+        "range_se": standard_error(ranges),
+        "class_kept_se": standard_error(kept.mean(1)),
         "rho_per_seed": per_seed,
         "rho_seed_mean": float(np.mean(per_seed)),
         "range": float(ranges.mean()),
@@ -251,10 +252,6 @@ def _bootstrap_rho_se(step: np.ndarray, values: np.ndarray) -> float | None:
     norm = np.sqrt((x ** 2).sum() * (y ** 2).sum(axis=1))
     rho = np.where(norm > 0, (y @ x) / np.where(norm > 0, norm, 1.0), 0.0)  # constant rows: 0, as _spearman
     return float(np.std(rho, ddof=1))
-
-
-def _row_se(per_row: np.ndarray) -> float | None:
-    return None if len(per_row) < 2 else float(np.std(per_row, ddof=1) / math.sqrt(len(per_row)))
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -405,17 +405,22 @@ def _add_standard_errors(report: dict, codes, slots, concepts, contexts, halves:
     with one seed, or where a seed has no value."""
     seeds = len(halves)
     assignment = {name: c["slot"] for name, c in report["concepts"].items()}
-    alone = [_ufr_report(codes, slots, concepts, contexts, assignment, halves[s:s + 1]) for s in range(seeds)]
+    alone = [_ufr_report(codes, slots, concepts, contexts, assignment, halves[s:s + 1])
+             for s in range(seeds)] if seeds > 1 else []
 
     def se(values: list) -> float | None:
-        if seeds < 2 or any(v is None for v in values):
-            return None
-        return float(np.std(values, ddof=1) / math.sqrt(seeds))
+        return None if not values or any(v is None for v in values) else standard_error(values)
 
     report["ufr_se"] = se([r["ufr"] for r in alone])
     for name, concept in report["concepts"].items():
         concept["se"] = {key: se([r["concepts"][name][key] for r in alone]) for key in ("I", "tau", "L", "ufr")}
     report["probe"]["se"] = "standard error of the mean over the seeds, from each seed's halves scored alone"
+
+
+def standard_error(values) -> float | None:
+    """The standard error of the mean of `values` (sample sd over sqrt(n)); None for fewer than 2."""
+    values = np.asarray(values, dtype=np.float64)
+    return None if values.size < 2 else float(np.std(values, ddof=1) / math.sqrt(values.size))
 
 
 def _ufr_report(codes, slots, concepts, contexts, assignment, halves: np.ndarray) -> dict:
