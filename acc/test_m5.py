@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 from acc.acceptance import Checklist, run_per_seed, seed_parser, wait_job
 from acc.images import font
 from acc.ui.client import TrainerClient, TrainerError
+from acc.ui.factoring import numerics_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -287,6 +288,8 @@ def run(url: str, token: str | None, arms: tuple[Arm, Arm] = (BASELINE, CURRICUL
 
     printed = table(outcomes)
     print(f"\nfactoring reports{f' (seed {seed})' if seed is not None else ''}:\n{printed}\n", flush=True)
+    for o in outcomes:  # the same seed on other numerics is another draw (README, "Same seed, same result?")
+        print(f"      {o.arm.checkpoint} trained under {numerics_text((o.checkpoint or {}).get('trained_under') or []) or '—'}")
     both = side_by_side(outcomes, out / f"{CONCEPT}-side-by-side.png")
     for o in outcomes:
         for group, path in o.figures.items():

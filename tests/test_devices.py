@@ -145,6 +145,39 @@ def test_factoring_jobs_run_in_the_worker(slow_session):
     assert slow_session.factoring.figure(checkpoint["id"], "traversal", "thickness").is_file()
 
 
+
+def test_checkpoints_record_the_numerics_they_were_trained_under(workspace, tiny_config, monkeypatch):
+    """Threads, instruction set and device decide a step's bits besides the seed: each checkpoint
+    lists those of its steps since its parent, and a change mid-run (an eval worker on the same
+    CPU takes cores from training) is announced and listed."""
+    events = []
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        engine = session.engine
+        engine.subscribe(events.append)
+        engine.add_task("ReconstructionTask")
+        engine.train(2, timeout=60)
+        first = engine.save_checkpoint("first")
+        [before] = first["trained_under"]
+        assert before == {"torch": torch.__version__, "device": "cpu", "ranks": 1,
+                          "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": before["threads"]}
+        engine.train(2, timeout=60)  # since "first": nothing changed, one entry again
+        assert engine.save_checkpoint("second")["trained_under"] == [before]
+
+        # A box with room for a worker of threads+1 beside training with threads+1: training's count changes.
+        monkeypatch.setattr(os, "cpu_count", lambda: 2 * before["threads"] + 2)
+        engine.start(None)
+        engine.set_eval_device("cpu")  # applied between two steps of the running training
+        engine.stop()
+        engine.train(2, timeout=60)
+        third = engine.save_checkpoint("third")
+        stored = session.store.checkpoint("third")["meta"]["trained_under"]
+    after = {**before, "threads": before["threads"] + 1}
+    # the steps made before the change (if the loop made any before the command) come first
+    assert third["trained_under"] in ([before, after], [after]) and stored == third["trained_under"]
+    changed = [e for e in events if e.get("kind") == "threads"]
+    assert len(changed) == 1 and changed[0]["data"]["threads"] == after["threads"], changed
+
+
 # ---- the API ------------------------------------------------------------------------------------
 def test_devices_over_http(live_trainer):
     with TrainerClient(live_trainer.base_url) as client:

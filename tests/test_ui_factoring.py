@@ -17,8 +17,8 @@ from PIL import Image
 
 from acc.ui.app import route
 from acc.ui.client import TrainerClient
-from acc.ui.factoring import (HOW_TO_READ, better, compare_url, comparison_rows, eval_url, figure_url, slot_info_options,
-                              transfer_options, traversal_facts, ufr_rows, ufr_text)
+from acc.ui.factoring import (HOW_TO_READ, better, compare_url, comparison_rows, eval_url, figure_url, numerics_text,
+                              slot_info_options, transfer_options, traversal_facts, ufr_rows, ufr_text)
 from acc.ui.tree import tree_nodes
 from tests.test_ui import dashboard, eventually, no_error_logs  # noqa: F401 (an autouse fixture)
 
@@ -83,6 +83,16 @@ def test_a_difference_within_the_evaluations_noise_gets_no_arrow():
     no_se = {row["what"]: row for row in comparison_rows(report(0.4, {"I": 0.8}), report(0.4, {"I": 0.81}))}
     assert no_se["thickness I"]["better"] == "b" and no_se["thickness I"]["noise"] is None
     assert better(0.5, 0.519, noise=0.01) == "≈" and better(0.5, 0.53, noise=0.01) == "b"
+
+
+def test_what_a_checkpoint_was_trained_under_reads_in_one_line():
+    cpu = {"torch": "2.13.0+cpu", "device": "cpu", "ranks": 1, "cpu_capability": "AVX512", "threads": 2}
+    gpu = {"torch": "2.13.0", "device": "cuda:0", "ranks": 2, "gpu": "NVIDIA H200", "cuda": "13.0"}
+    assert numerics_text([cpu]) == "cpu AVX512 · 2 threads · torch 2.13.0+cpu"
+    assert numerics_text([cpu, {**cpu, "threads": 1}]) == ("cpu AVX512 · 2 threads · torch 2.13.0+cpu then "
+                                                          "cpu AVX512 · 1 threads · torch 2.13.0+cpu")
+    assert numerics_text([gpu]) == "cuda:0 NVIDIA H200 · CUDA 13.0 · 2 ranks · torch 2.13.0"
+    assert numerics_text([]) == ""
 
 
 def test_transfer_matrix_cells_without_a_value_stay_blank_and_the_diagonal_is_outlined():
@@ -200,6 +210,8 @@ async def test_the_evaluation_page_shows_every_block_of_the_report_and_runs_one_
         await user.open(f"/checkpoints/{first['id']}/eval")
         await user.should_see(marker="ufr-table", retries=200)
         assert texts(user, "eval-title") == ["first · step 20"]
+        assert texts(user, "eval-facts")[0].endswith(f"trained under {numerics_text(first['trained_under'])}")
+        assert numerics_text(first["trained_under"]).startswith("cpu ")  # what its 20 steps ran under
         assert texts(user, "ufr-value") == [ufr_text(report)] and " ± " in ufr_text(report)
         assert texts(user, "assignment-rule") == [f"assignment rule: {report['assignment_rule']}"]
         table = user.find(marker="ufr-table").elements.pop()

@@ -162,8 +162,13 @@ class DeviceCommands:
         threads = max(1, cores - worker.threads) if shared else self._train_threads
         if self.device.type == "cpu":  # the ranks of a data-parallel job on this box share its cores
             threads = max(1, threads // self.ranks.world)
+        if self.status == "running" and threads != torch.get_num_threads():
+            self._event("threads", f"training threads {torch.get_num_threads()} -> {threads}: from this step its "
+                                   "numbers differ bitwise from a run of the same seed without the change",
+                        threads=threads)
         self.train_threads = threads
         torch.set_num_threads(self.train_threads)
+        self._numerics = None  # read again at the next step
 
     def _close_eval_worker(self) -> None:
         """At the engine's close: stop the worker, and wait for those stopped before."""

@@ -37,6 +37,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def numerics(device: torch.device, ranks: int = 1) -> dict:
+    """What decides the bits of a training step besides the seed: torch's version, the device
+    (and on a GPU its model and CUDA), on the CPU the kernels' instruction set and the intra-op
+    thread count of the calling thread (reductions split by thread sum in another order), and the
+    data-parallel ranks. Two runs of one seed agree bitwise only where all of these agree; else
+    they part at the first step, and after thousands of steps they are different draws."""
+    record = {"torch": torch.__version__, "device": str(device), "ranks": ranks}
+    if device.type == "cuda":
+        record.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    else:
+        record.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
+    return record
+
+
 def check_device(name: str) -> str:
     """The canonical name of a device this machine has: "cpu" or "cuda:N" ("cuda" is "cuda:0");
     ValueError, listing the devices, otherwise."""

@@ -142,13 +142,13 @@ class EvalWorker:
                 code = self._process.exitcode
                 error = EvalWorkerError(f"the evaluation worker on {self.device} died (exit code {code}) "
                                         f"during a {request.payload['kind']} request; it is restarted")
-                if not request.future.done():
-                    request.future.set_exception(error)
-                if not self._closed:
+                if not self._closed:  # restarted before the waiter hears of it: the error says so
                     log.warning(str(error))
                     self.restarts += 1
                     self._close_queues()
                     self._start_process()
+                if not request.future.done():
+                    request.future.set_exception(error)
                 return
             if message.get("id") != request_id:
                 continue  # an answer to a request of a process that was replaced

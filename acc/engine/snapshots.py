@@ -66,9 +66,11 @@ class CheckpointCommands:
         self.store.add_checkpoint(checkpoint_id, self.run_id, name, self.parent_checkpoint, self.step,
                                   str(path), meta)
         self.parent_checkpoint, self._saved_step = checkpoint_id, self.step
+        self.trained_under = []
         self._reset_streams()
         row = {"id": checkpoint_id, "name": name, "parent": meta["parent"], "step": self.step,
-               "branch": meta["branch"], "path": str(path), "metrics": meta["metrics"]}
+               "branch": meta["branch"], "path": str(path), "metrics": meta["metrics"],
+               "trained_under": meta["trained_under"]}
         self._event("checkpoint", f"checkpoint {name!r} saved at step {self.step}", **row)
         return row
 
@@ -186,7 +188,8 @@ class CheckpointCommands:
         meta = {"parent": self.parent_checkpoint, "step": self.step, "run_id": self.run_id,
                 "created": time.time(), "model": self.model.config(),
                 "tasks": [{**t.task.spec(), "enabled": t.enabled} for t in self.tasks.values()],
-                "optimizer": {"type": "Adam", "lr": self.optimizer.param_groups[0]["lr"]}, "metrics": metrics}
+                "optimizer": {"type": "Adam", "lr": self.optimizer.param_groups[0]["lr"]}, "metrics": metrics,
+                "trained_under": list(self.trained_under)}
         return weights, optimizer_state, meta
 
     def _build_from(self, data: CheckpointData) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
@@ -223,4 +226,5 @@ class CheckpointCommands:
             self.model, self.optimizer, self.tasks = model, optimizer, tasks
         self.step, self.parent_checkpoint = step, parent
         self.last_eval, self.last_eval_step = {}, None
+        self.trained_under, self._numerics = [], None
         self._reset_streams()

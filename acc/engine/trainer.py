@@ -28,7 +28,7 @@ from acc.engine.commands import CommandQueue
 from acc.engine.data_parallel import DataParallel
 from acc.engine.distributed import Ranks
 from acc.engine.device_commands import DeviceCommands
-from acc.engine.devices import resolve_device
+from acc.engine.devices import numerics, resolve_device
 from acc.engine.errors import error_text
 from acc.engine.evaluation import spread
 from acc.engine.events import Subscribers
@@ -118,6 +118,11 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         self._saved_step = 0  # the step of the last checkpoint saved or loaded: "unsaved" past it
         self._training_s = 0.0  # seconds of training since the last autosave
         self.restore_error: str | None = None
+        # The numerics (acc.engine.devices.numerics) of the steps trained since the parent
+        # checkpoint, one entry per change, recorded in the next checkpoint's meta: why two runs
+        # of one seed differ. Read on the training thread at the next step after a change.
+        self.trained_under: list[dict] = []
+        self._numerics: dict | None = None
 
         self._commands = CommandQueue()
         self._lock = threading.Lock()  # guards self.tasks against readers on other threads
@@ -384,6 +389,10 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             return
         self.optimizer.step()
         self.step += 1
+        if self._numerics is None:
+            self._numerics = numerics(self.device, self.ranks.world)
+        if not self.trained_under or self.trained_under[-1] != self._numerics:
+            self.trained_under.append(self._numerics)
 
         metrics = {"loss/total": sum(a.task.weight * v for (a, _), v in zip(losses, values))}
         for (active, _), value in zip(losses, values):

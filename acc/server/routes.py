@@ -107,7 +107,8 @@ def _checkpoint(row: dict, run_names: dict[int, str], ufr: float | None = None) 
     return Checkpoint(id=row["id"], name=row["name"], parent=row["parent"], step=row["step"],
                       branch=meta.get("branch") or run_names.get(row["run_id"]), metrics=meta.get("metrics", {}),
                       created=row["created"], run_id=row["run_id"], tasks=meta.get("tasks", []),
-                      model=meta.get("model", {}), expansion=meta.get("expansion"), ufr=ufr)
+                      model=meta.get("model", {}), expansion=meta.get("expansion"), ufr=ufr,
+                      trained_under=meta.get("trained_under", []))
 
 
 def _run_names(session: Session) -> dict[int, str]:

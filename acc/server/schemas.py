@@ -128,6 +128,10 @@ class Checkpoint(BaseModel):
     expansion: dict[str, Any] | None = Field(None, description="a checkpoint made by expanding the model: where, "
                                              "init, seed, params_before, params_after, from (the node it grew from), step")
     ufr: float | None = Field(None, description="UFR of its newest factoring report (M5); null before any")
+    trained_under: list[dict[str, Any]] = Field(
+        default_factory=list, description="the numerics of its steps since its parent, one entry per change: torch, "
+                                          "device, ranks, and cpu_capability and threads (CPU) or gpu and cuda; two "
+                                          "runs of one seed agree bitwise only under the same")
 
 
 class ExpansionPoint(BaseModel):

@@ -22,8 +22,8 @@ from nicegui import run, ui
 from acc.ui.actions import fetch
 from acc.ui.client import TrainerError
 from acc.ui.factoring import (EvalRunner, attention_rows, bottom_margin, compare_url, figure_image, figure_url,
-                              how_to_read, literature_rows, num, slot_info_options, transfer_options, traversal_facts,
-                              ufr_rows, ufr_text)
+                              how_to_read, literature_rows, num, numerics_text, slot_info_options, transfer_options,
+                              traversal_facts, ufr_rows, ufr_text)
 from acc.ui.link import Link
 from acc.ui.pages import CHECKPOINT_EVENTS, LivePage
 
@@ -164,7 +164,7 @@ class EvalPage(LivePage):
                 "back-to-tree")
             self.heading = ui.label(f"checkpoint {self.key}").classes("acc-title").props(
                 'data-role="eval-title"').mark("eval-title")
-            self.facts = ui.label("").classes("acc-note")
+            self.facts = ui.label("").classes("acc-note").mark("eval-facts")
             ui.space()
             self.other = ui.select({}, label="compare with", on_change=self._compare).props(
                 'dense data-role="compare-with"').style("width: 14rem").mark("compare-with")
@@ -202,7 +202,9 @@ class EvalPage(LivePage):
             return
         self.runner.checkpoint_id = row["id"]
         self.heading.set_text(f"{row['name']} · step {row['step']:,}")
-        self.facts.set_text(" · ".join(filter(None, [row.get("branch") or "", f"id {row['id']}"])))
+        numerics = numerics_text(row.get("trained_under") or [])
+        self.facts.set_text(" · ".join(filter(None, [row.get("branch") or "", f"id {row['id']}",
+                                                    numerics and f"trained under {numerics}"])))
         ui.page_title(f"ACC · {row['name']} · evaluation")
 
     def _draw(self, report: dict[str, Any] | None) -> None:

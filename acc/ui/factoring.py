@@ -96,6 +96,19 @@ def ufr_text(report: dict[str, Any]) -> str:
     return "—" if ufr is None else f"{ufr:.3f}" + ("" if se is None else f" ± {se:.2g}")
 
 
+def numerics_text(trained_under: list[dict[str, Any]]) -> str:
+    """What a checkpoint's steps since its parent ran under, e.g. "cpu AVX512 · 2 threads · torch
+    2.13.0+cpu", changes joined by "then"; "" for none (no steps, or a checkpoint from before)."""
+    def one(entry: dict[str, Any]) -> str:
+        if "gpu" in entry:
+            where = f"{entry['device']} {entry['gpu']} · CUDA {entry.get('cuda')}"
+        else:
+            where = f"{entry.get('device', 'cpu')} {entry.get('cpu_capability', '')} · {entry.get('threads')} threads"
+        ranks = f" · {entry['ranks']} ranks" if entry.get("ranks", 1) > 1 else ""
+        return f"{where.strip()}{ranks} · torch {entry.get('torch')}"
+    return " then ".join(one(entry) for entry in trained_under)
+
+
 def eval_url(checkpoint_id: str) -> str:
     return f"/checkpoints/{quote(checkpoint_id, safe='')}/eval"
 
