@@ -136,13 +136,17 @@ def test_a_fork_never_touches_its_sibling_or_parent(recipe_session, workspace, t
 
 
 def test_the_same_recipe_and_seed_give_the_same_metrics(recipe_session, tiny_config, workspace, tmp_path):
+    """Bitwise, under the same numerics, which each checkpoint records (another thread count or
+    instruction set parts the runs from the first step: README, "Same seed, same result?")."""
     def metrics(session):
         run_recipe(session.engine, session.recipes, "smoke")
         session.store.flush()
         evaluation = session.engine.evaluate()
         losses = [session.store.query_metrics(run["id"], ["loss/total"])["loss/total"]["value"]
                   for run in reversed(session.store.runs())]
-        return evaluation, losses
+        numerics = [row["meta"]["trained_under"] for row in session.store.checkpoints()]
+        assert len(numerics) == 3 and all(len(entries) == 1 for entries in numerics)  # each trained, one setting
+        return evaluation, losses, numerics
 
     first = metrics(recipe_session)
     other = type(workspace).resolve(tmp_path / "again")

@@ -90,7 +90,7 @@ def test_what_a_checkpoint_was_trained_under_reads_in_one_line():
     gpu = {"torch": "2.13.0", "device": "cuda:0", "ranks": 2, "gpu": "NVIDIA H200", "cuda": "13.0"}
     assert numerics_text([cpu]) == "cpu AVX512 · 2 threads · torch 2.13.0+cpu"
     assert numerics_text([cpu, {**cpu, "threads": 1}]) == ("cpu AVX512 · 2 threads · torch 2.13.0+cpu then "
-                                                          "cpu AVX512 · 1 threads · torch 2.13.0+cpu")
+                                                          "cpu AVX512 · 1 thread · torch 2.13.0+cpu")
     assert numerics_text([gpu]) == "cuda:0 NVIDIA H200 · CUDA 13.0 · 2 ranks · torch 2.13.0"
     assert numerics_text([]) == ""
 

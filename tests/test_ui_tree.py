@@ -34,8 +34,13 @@ def test_differences_cover_tasks_weights_steps_and_metrics():
     b = row("b", "a", 30, {"loss/recon": 0.25, "loss/digit": 2.0},
             [{**recon, "weight": 0.5}, {**recon, "type": "ClassificationTask", "name": "digit", "latent": "digit"}],
             branch="fork")
+    cpu = {"torch": "2.13.0+cpu", "device": "cpu", "ranks": 1, "cpu_capability": "AVX512", "threads": 2}
+    b["trained_under"] = [cpu, {**cpu, "threads": 1}]
     table = {r["field"]: r for r in differences(a, b)}
     assert table["step"] == {"field": "step", "a": "10", "b": "30", "same": "≠"}
+    assert table["trained under"] == {"field": "trained under", "a": "—", "same": "≠",
+                                      "b": "cpu AVX512 · 2 threads · torch 2.13.0+cpu then "
+                                           "cpu AVX512 · 1 thread · torch 2.13.0+cpu"}
     assert table["model"]["same"] == ""
     assert table["task recon"]["a"].endswith("weight 1") and table["task recon"]["b"].endswith("weight 0.5")
     assert table["task digit"]["a"] == "—" and "ClassificationTask on digit/mnist" in table["task digit"]["b"]

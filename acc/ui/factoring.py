@@ -103,7 +103,9 @@ def numerics_text(trained_under: list[dict[str, Any]]) -> str:
         if "gpu" in entry:
             where = f"{entry['device']} {entry['gpu']} · CUDA {entry.get('cuda')}"
         else:
-            where = f"{entry.get('device', 'cpu')} {entry.get('cpu_capability', '')} · {entry.get('threads')} threads"
+            threads = entry.get("threads")
+            plural = "" if threads == 1 else "s"
+            where = f"{entry.get('device', 'cpu')} {entry.get('cpu_capability', '')} · {threads} thread{plural}"
         ranks = f" · {entry['ranks']} ranks" if entry.get("ranks", 1) > 1 else ""
         return f"{where.strip()}{ranks} · torch {entry.get('torch')}"
     return " then ".join(one(entry) for entry in trained_under)

@@ -19,7 +19,7 @@ from typing import Any
 from nicegui import ui
 
 from acc.ui.actions import FAILED, act, fetch
-from acc.ui.factoring import RUNNING, compare_url, eval_url
+from acc.ui.factoring import RUNNING, compare_url, eval_url, numerics_text
 from acc.ui.forms import SchemaForm
 from acc.ui.link import Link
 
@@ -77,13 +77,16 @@ def tree_nodes(rows: list[dict[str, Any]], current: str | None = None,
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, str]]:
-    """Rows `{field, a, b, same}` comparing two checkpoints: identity, tasks, weights, metrics."""
+    """Rows `{field, a, b, same}` comparing two checkpoints: identity, numerics, tasks, weights, metrics."""
     def task_line(task: dict[str, Any]) -> str:
         state = "" if task.get("enabled", True) else " (disabled)"
         return f"{task['type']} on {task['latent']}/{task['dataset']}, weight {task['weight']:g}{state}"
 
     rows = [("step", a["step"], b["step"]), ("branch", a.get("branch"), b.get("branch")),
-            ("model", a.get("model", {}).get("name"), b.get("model", {}).get("name"))]
+            ("model", a.get("model", {}).get("name"), b.get("model", {}).get("name")),
+            # one seed under other numerics is another draw (README, "Same seed, same result?")
+            ("trained under", numerics_text(a.get("trained_under") or []) or None,
+             numerics_text(b.get("trained_under") or []) or None)]
     tasks_a = {t["name"]: task_line(t) for t in a.get("tasks", [])}
     tasks_b = {t["name"]: task_line(t) for t in b.get("tasks", [])}
     rows += [(f"task {name}", tasks_a.get(name, "—"), tasks_b.get(name, "—")) for name in sorted(tasks_a | tasks_b)]
