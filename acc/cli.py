@@ -22,6 +22,9 @@ console = Console()
 
 WorkspaceOption = Annotated[Optional[Path], typer.Option(
     "--workspace", "-w", envvar="ACC_WORKSPACE", help="Workspace folder (store, checkpoints, caches).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    min=1, help="Intra-op threads of training, held whatever runs beside it (default: torch's, fewer while an "
+                "eval worker shares the CPU). A seed repeats bitwise only at one thread count.")]
 
 
 def parse_options(pairs: list[str], where: str) -> dict[str, Any]:
@@ -111,6 +114,7 @@ def run(
     device: str = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     eval_every: Annotated[int, typer.Option(min=0)] = 500,
+    threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run a recipe headless; checkpoints it already made (same recipe version) are reused."""
@@ -121,7 +125,7 @@ def run(
     from acc.engine.recipes import find_recipe, run_recipe
     from acc.engine.session import Session
 
-    config = EngineConfig(seed=seed, device=device, batch_size=batch_size, eval_every=eval_every)
+    config = EngineConfig(seed=seed, device=device, batch_size=batch_size, eval_every=eval_every, threads=threads)
     with Session.open(workspace, config, watch=False) as session:
         params = parse_options(param or [], "--param")
         try:  # a wrong name or parameter is the caller's mistake (exit 2), found before anything runs
@@ -220,6 +224,7 @@ def trainer(
     ddp: Annotated[int, typer.Option(
         "--ddp", min=1, help="Data-parallel ranks on this box (one CUDA device each from --device on, or "
                              "CPU processes), each with a batch of --batch-size.")] = 1,
+    threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run the trainer service: the HTTP API, the engine thread, the file watchers and the store.
@@ -241,7 +246,7 @@ def trainer(
     config = EngineConfig(model={"name": model}, batch_size=batch_size, lr=lr, seed=seed,
                           device=environment_device() if torchrun else device, eval_every=eval_every,
                           autosave_every_s=autosave_every, autosave_keep=autosave_keep, slow_task_s=slow_task,
-                          eval_device=eval_device, ranks=ddp)
+                          eval_device=eval_device, ranks=ddp, threads=threads)
     ranks = Ranks.from_environment() if torchrun else None
     if ranks is not None and not ranks.leader:
         from acc.engine.follower import run_follower

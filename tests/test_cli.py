@@ -10,6 +10,7 @@ import time
 
 import httpx
 
+from acc.store import Store
 from tests.server_fixtures import free_port
 
 
@@ -29,7 +30,6 @@ def test_train_writes_metrics_and_a_checkpoint_that_checkpoints_lists(workspace,
     assert listing.returncode == 0
     assert "final" in listing.stdout and "reconstruction_task, digit" in listing.stdout
 
-    from acc.store import Store
     with Store(workspace.db_path) as store:
         run = store.runs()[0]
         series = store.query_metrics(run["id"], ["loss/digit", "eval/digit/accuracy"])
@@ -58,7 +58,6 @@ def test_data_generate_and_list(workspace, mnist_cache, generated_data_dir):
     assert listing.returncode == 0 and "SymmetryGenerator" in listing.stdout and '{"noise": 0.3}' in listing.stdout
     again = acc("data", "generate", "SymmetryGenerator", "sym", "--n", "4", workspace=workspace, mnist_cache=mnist_cache)
     assert again.returncode == 2 and "already exists" in again.stdout
-    from acc.store import Store
     with Store(workspace.db_path) as store:
         assert store.runs() == []  # commands that do not train leave no run behind
 
@@ -105,9 +104,11 @@ def test_run_a_recipe_headless_then_again_reusing_its_checkpoints(workspace, mni
     from tests.test_recipes import USER_RECIPES
 
     write_user_files(workspace, "recipes", {"user_recipes.py": USER_RECIPES})
-    first = acc("run", "only_recon", "--batch-size", "16", workspace=workspace, mnist_cache=mnist_cache)
+    first = acc("run", "only_recon", "--batch-size", "16", "--threads", "2", workspace=workspace, mnist_cache=mnist_cache)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "OnlyRecon (50 steps)" in first.stdout and "smoke_recon" in first.stdout and "reused" not in first.stdout
+    with Store(workspace.db_path) as store:  # held at 2, whatever the process's default (1 in tests)
+        assert [[e["threads"] for e in c["meta"]["trained_under"]] for c in store.checkpoints()] == [[2], [2]]
     again = acc("run", "OnlyRecon", "--batch-size", "16", workspace=workspace, mnist_cache=mnist_cache)
     assert again.returncode == 0 and "smoke_base (reused)" in again.stdout and "smoke_recon (reused)" in again.stdout
 

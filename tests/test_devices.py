@@ -178,6 +178,27 @@ def test_checkpoints_record_the_numerics_they_were_trained_under(workspace, tiny
     assert len(changed) == 1 and changed[0]["data"]["threads"] == after["threads"], changed
 
 
+
+def test_threads_held_by_request_stay_when_a_worker_shares_the_cpu(workspace, tiny_config, monkeypatch):
+    tiny_config.threads = 2
+    events = []
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # a worker would leave training 2 of 4 cores... or
+    with Session.open(workspace.root, tiny_config, watch=False) as session:
+        engine = session.engine
+        engine.subscribe(events.append)
+        engine.add_task("ReconstructionTask")
+        engine.train(2, timeout=60)
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)  # ...4 of 8: held at 2 all the same
+        engine.start(None)
+        engine.set_eval_device("cpu")
+        engine.stop()
+        engine.train(2, timeout=60)
+        assert engine.roles()["train_threads"] == 2
+        checkpoint = engine.save_checkpoint("held")
+    assert [entry["threads"] for entry in checkpoint["trained_under"]] == [2]
+    assert not [e for e in events if e.get("kind") == "threads"]
+
+
 # ---- the API ------------------------------------------------------------------------------------
 def test_devices_over_http(live_trainer):
     with TrainerClient(live_trainer.base_url) as client:

@@ -32,8 +32,8 @@ class DeviceCommands:
 
     eval_worker: EvalWorker | None = None
     _closing_workers: list[threading.Thread] = []  # workers being stopped (replaced by a list, never appended to)
-    _train_threads: int | None = None
-    train_threads: int | None = None  # torch threads training uses now (None: as the process started)  # torch's threads before a worker took some of the cores
+    _train_threads: int | None = None  # torch's threads before a worker took some of the cores
+    train_threads: int | None = None  # torch threads training uses now (None: as the process started)
 
     # ---- public, thread-safe ---------------------------------------------------------------------
     def roles(self) -> dict:
@@ -162,6 +162,8 @@ class DeviceCommands:
         threads = max(1, cores - worker.threads) if shared else self._train_threads
         if self.device.type == "cpu":  # the ranks of a data-parallel job on this box share its cores
             threads = max(1, threads // self.ranks.world)
+        if self.config.threads:  # held by request (EngineConfig.threads), for runs that repeat bitwise
+            threads = self.config.threads
         if self.status == "running" and threads != torch.get_num_threads():
             self._event("threads", f"training threads {torch.get_num_threads()} -> {threads}: from this step its "
                                    "numbers differ bitwise from a run of the same seed without the change",

@@ -68,6 +68,9 @@ class EngineConfig:
     slow_task_s: float = 1.0  # a task whose loss() takes longer per step is flagged as slow
     eval_device: str | None = None  # evaluate in a worker process there, beside training (None: in the loop)
     ranks: int = 1  # data-parallel ranks on this box, each with a batch of batch_size (acc trainer --ddp N)
+    # Intra-op threads of training, held whatever runs beside it (None: torch's default, fewer while
+    # an eval worker shares the CPU). A seed repeats bitwise only at one thread count.
+    threads: int | None = None
 
 
 def _fingerprint(module: nn.Module) -> str:
@@ -232,6 +235,7 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
 
     # ==== the owner thread ========================================================================
     def _loop(self) -> None:
+        self._share_cores()  # on this thread: OpenMP's thread count is per thread
         while True:
             idle = self.status != "running" or not self._enabled_tasks()
             command = self._commands.get(timeout=self._idle_wait() if idle else 0)
