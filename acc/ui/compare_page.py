@@ -169,7 +169,9 @@ class ComparePage(LivePage):
             ui.label("The better value of each pair has a green arrow (higher is better, except attention overlap); "
                      "Δ is b - a. A difference within twice its standard error (the evaluation's own noise: the "
                      "probe seeds for UFR and its parts, the 5 seed images for a traversal) is marked ≈ "
-                     "and gets no arrow.").classes("acc-note")
+                     "and gets no arrow. Training is noisier than that: the same recipe at another seed, or on "
+                     "other hardware or thread counts, can move UFR by tenths (README), so compare branches "
+                     "over several seeds before trusting one arrow.").classes("acc-note")
             how_to_read("ufr")
             how_to_read("concepts")
             missing = [f"{side} ({self.chosen[side]['name']})" for side in SIDES if self.reports[side] is None]

@@ -43,7 +43,9 @@ BETTER_COLOR = "text-positive"
 HOW_TO_READ = {
     "ufr": "UFR asks whether each concept lives in its own slot and keeps working outside the data it was "
            "fitted on: UFR_c = (I·τ·L)^(1/3), and UFR is their mean over concepts. 1 is perfect; a concept "
-           "near 0 failed at least one of the three.",
+           "near 0 failed at least one of the three. The ± is the evaluation's own noise (over its probe "
+           "seeds); training the same recipe again, at another seed or under other numerics (see \"trained "
+           "under\"), moves UFR far more.",
     "concepts": "I (informativeness): how well a linear probe on the concept's slot predicts it in the context "
                 "it was fitted on (R² clipped to 0..1; for digit, chance-corrected balanced accuracy); good is "
                 "near 1. τ (transfer): how much of that survives when the probe fitted in one context is scored "
