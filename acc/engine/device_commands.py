@@ -32,7 +32,7 @@ class DeviceCommands:
 
     eval_worker: EvalWorker | None = None
     _closing_workers: list[threading.Thread] = []  # workers being stopped (replaced by a list, never appended to)
-    _train_threads: int | None = None  # torch's threads before a worker took some of the cores
+    _train_threads: int  # torch's threads before a worker took some of the cores (set by Engine.__init__)
     train_threads: int | None = None  # torch threads training uses now (None: as the process started)
 
     # ---- public, thread-safe ---------------------------------------------------------------------
@@ -153,8 +153,6 @@ class DeviceCommands:
         """A worker on the CPU that training also runs on gets its own cores: training keeps the
         rest. Both processes spinning OpenMP threads on the same cores would slow training far
         more than the CPU the evaluation takes (measured: benchmarks/bench_factoring.py)."""
-        if self._train_threads is None:
-            self._train_threads = torch.get_num_threads()
         worker = self.eval_worker
         shared = worker is not None and worker.device == "cpu" and self.device.type == "cpu"
         cores = os.cpu_count() or 1

@@ -66,7 +66,7 @@ class CheckpointCommands:
         self.store.add_checkpoint(checkpoint_id, self.run_id, name, self.parent_checkpoint, self.step,
                                   str(path), meta)
         self.parent_checkpoint, self._saved_step = checkpoint_id, self.step
-        self.trained_under = []
+        self.trained_under, self._numerics = [], None  # the next checkpoint lists the steps after this one
         self._reset_streams()
         row = {"id": checkpoint_id, "name": name, "parent": meta["parent"], "step": self.step,
                "branch": meta["branch"], "path": str(path), "metrics": meta["metrics"],

@@ -126,6 +126,9 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
         # of one seed differ. Read on the training thread at the next step after a change.
         self.trained_under: list[dict] = []
         self._numerics: dict | None = None
+        # Training's own thread count, read here on the thread that builds the engine: a new thread
+        # starts with the count any thread set last (torch keeps one default), another engine's included.
+        self._train_threads = torch.get_num_threads()
 
         self._commands = CommandQueue()
         self._lock = threading.Lock()  # guards self.tasks against readers on other threads
@@ -393,10 +396,10 @@ class Engine(TaskCommands, CheckpointCommands, ExpansionCommands, DeviceCommands
             return
         self.optimizer.step()
         self.step += 1
-        if self._numerics is None:
+        if self._numerics is None:  # the first step since a change (or since the parent): one entry per change
             self._numerics = numerics(self.device, self.ranks.world)
-        if not self.trained_under or self.trained_under[-1] != self._numerics:
-            self.trained_under.append(self._numerics)
+            if not self.trained_under or self.trained_under[-1] != self._numerics:
+                self.trained_under.append(self._numerics)
 
         metrics = {"loss/total": sum(a.task.weight * v for (a, _), v in zip(losses, values))}
         for (active, _), value in zip(losses, values):
