@@ -1,11 +1,9 @@
 """The SQLite store: runs, metrics, events, evals and the checkpoint tree in one WAL-mode file.
 
-The training thread must never wait on disk, so metric, event and eval writes only go on a queue;
-one writer thread drains it and commits in batches (every `flush_interval` seconds or every
-`BATCH_ROWS` rows) on its own connection, writing the metric rollups (see `downsample`) in the same
-transaction as the raw rows. Runs and checkpoints are written synchronously. Reads use one
-connection per thread; WAL lets them run while the writer commits. Several stores, in this or other
-processes, may open the same file.
+The training thread must never wait on disk, so metric, event and eval writes only go on a queue
+that one writer thread commits in batches (`writer`). Runs and checkpoints are written
+synchronously. Reads use one connection per thread; WAL lets them run while the writer commits.
+Several stores, in this or other processes, may open the same file.
 """
 
 from __future__ import annotations
@@ -13,23 +11,21 @@ from __future__ import annotations
 import json
 import math
 import operator
-import queue
 import sqlite3
 import threading
 import time as _time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from acc.store import downsample
+from acc.store.connection import connect, transaction
 from acc.store.downsample import SERIES, Summary
+from acc.store.writer import Writer
 
 SCHEMA_VERSION = 1
-BATCH_ROWS = 5000  # commit once this many rows are queued, even before flush_interval
-BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another connection's transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -67,47 +63,7 @@ CREATE TABLE IF NOT EXISTS factoring (
     PRIMARY KEY (checkpoint_id, key));
 """
 
-# A new block summary wins the min (max) when strictly lower (higher), or equal at an earlier step,
-# and wins the last point when at the same or a later step: it was written later.
-UPSERT_ROLLUP = """
-INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO UPDATE SET
-    min_step = CASE WHEN excluded.min_value < min_value
-        OR (excluded.min_value = min_value AND excluded.min_step < min_step) THEN excluded.min_step ELSE min_step END,
-    min_value = min(min_value, excluded.min_value),
-    max_step = CASE WHEN excluded.max_value > max_value
-        OR (excluded.max_value = max_value AND excluded.max_step < max_step) THEN excluded.max_step ELSE max_step END,
-    max_value = max(max_value, excluded.max_value),
-    last_step = max(last_step, excluded.last_step),
-    last_value = CASE WHEN excluded.last_step >= last_step THEN excluded.last_value ELSE last_value END
-"""
-
 SUMMARY_COLUMNS = "min_step, min_value, max_step, max_value, last_step, last_value"
-
-_STOP = object()  # queued by close(): the writer commits what came before and exits
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # Autocommit mode: transactions are opened explicitly. Each connection stays in one thread at a
-    # time, but close() may run in another, hence check_same_thread=False.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable across crashes of the process
-    return conn
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
-    """Commit on success, roll back on any exception."""
-    conn.execute(f"BEGIN {mode}")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
 
 def _to_json(obj: Any, what: str) -> str:
     try:
@@ -139,53 +95,23 @@ def _step(x: Any) -> int:
     return step
 
 
-class _Batch:
-    """What the writer commits in one transaction, and the flush() calls waiting for it."""
-
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int, int, float, list[tuple[str, float]]]] = []
-        self.events: list[tuple] = []
-        self.evals: list[tuple] = []
-        self.waiters: list[threading.Event] = []
-        self.rows = 0
-
-    def add(self, item: tuple) -> None:
-        kind, payload = item
-        if kind == "metrics":
-            self.metrics.append(payload)
-            self.rows += len(payload[3])
-        elif kind == "event":
-            self.events.append(payload)
-            self.rows += 1
-        elif kind == "eval":
-            self.evals.append(payload)
-            self.rows += 1
-        else:
-            self.waiters.append(payload)
-
-
 class Store:
     """The workspace database. Use as a context manager, or call close() to commit what is queued."""
 
     def __init__(self, path: str | Path, flush_interval: float = 0.2) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _closed, _conns and _error
+        self._lock = threading.Lock()  # guards _closed and _conns
         self._closed = False
-        self._error: BaseException | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
-        self._key_ids: dict[str, int] = {}  # the writer's cache; keys are never deleted
         self._init_schema()
-        self._writer = threading.Thread(target=self._write_loop, name=f"store-writer:{self.path.name}",
-                                        daemon=True)
-        self._writer.start()
+        self._writer = Writer(self.path, flush_interval)
 
     def _init_schema(self) -> None:
-        with closing(_connect(self.path)) as conn:
+        with closing(connect(self.path)) as conn:
             conn.execute("PRAGMA journal_mode = WAL")  # kept in the file; readers never block the writer
-            with _transaction(conn, "IMMEDIATE"):  # other processes may be creating it at the same time
+            with transaction(conn, "IMMEDIATE"):  # other processes may be creating it at the same time
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise RuntimeError(f"{self.path} has schema version {version}; this ACC knows {SCHEMA_VERSION}")
@@ -209,34 +135,18 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
-        self._writer.join()
-        with self._lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._raise_writer_error()
+        try:
+            self._writer.close()
+        finally:
+            with self._lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Block until every write queued before this call is committed. Raises TimeoutError after
         `timeout` seconds, and the writer's error if a batch failed since the last flush."""
-        done = threading.Event()
-        self._put(("flush", done))
-        if not done.wait(timeout):
-            raise TimeoutError(f"store writes not committed after {timeout} s")
-        self._raise_writer_error()
-
-    def _raise_writer_error(self) -> None:
-        with self._lock:
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _put(self, item: Any) -> None:
-        with self._lock:  # so that nothing is queued behind close()'s _STOP and silently lost
-            if self._closed:
-                raise RuntimeError("store is closed")
-            self._queue.put(item)
+        self._writer.flush(timeout)
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection for reads and synchronous writes."""
@@ -245,7 +155,7 @@ class Store:
             with self._lock:
                 if self._closed:
                     raise RuntimeError("store is closed")
-                conn = self._local.conn = _connect(self.path)
+                conn = self._local.conn = connect(self.path)
                 self._conns.append(conn)
         return conn
 
@@ -254,7 +164,7 @@ class Store:
     def create_run(self, name: str, config: dict) -> int:
         """Record a new, open run (status "running") and return its id."""
         row = (name, _time.time(), _to_json(config, "config"), "running")
-        with _transaction(self._conn(), "IMMEDIATE") as conn:
+        with transaction(self._conn(), "IMMEDIATE") as conn:
             return conn.execute("INSERT INTO runs (name, created, config, status) VALUES (?, ?, ?, ?)", row).lastrowid
 
     def runs(self) -> list[dict]:
@@ -276,7 +186,7 @@ class Store:
     def set_run_status(self, run_id: int, status: str) -> None:
         """Set a run's status: "running" while open, then "finished", "stopped" or "crashed"
         (see `acc.engine.runs`)."""
-        with _transaction(self._conn(), "IMMEDIATE") as conn:
+        with transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("UPDATE runs SET status = ? WHERE id = ?", (str(status), run_id))
 
     # -- metrics -----------------------------------------------------------------------------------
@@ -295,7 +205,7 @@ class Store:
             if math.isfinite(value):
                 pairs.append((key, value))
         if pairs:
-            self._put(("metrics", (run_id, step, when, pairs)))
+            self._writer.put("metrics", (run_id, step, when, pairs))
 
     def metric_keys(self, run_id: int) -> list[str]:
         """The keys a run has metrics for, sorted."""
@@ -320,7 +230,7 @@ class Store:
             raise ValueError(f"max_points must be >= 3, got {max_points}")
         lo = 0 if since is None else max(0, _int(since, "since"))
         hi = (1 << 62) if until is None else _int(until, "until")
-        with _transaction(self._conn()) as conn:  # one snapshot: rollups and raw rows must agree
+        with transaction(self._conn()) as conn:  # one snapshot: rollups and raw rows must agree
             if keys is None:
                 ids = dict(conn.execute(
                     "SELECT k.name, k.id FROM rollups r JOIN keys k ON k.id = r.key_id"
@@ -372,7 +282,7 @@ class Store:
             raise ValueError("event kind and message must be strings")
         row = (None if run_id is None else _int(run_id, "run_id"), _time.time(),
                None if step is None else _step(step), kind, message, _to_json(data or {}, "event data"))
-        self._put(("event", row))
+        self._writer.put("event", row)
 
     def events(self, run_id: int | None = None, kinds: list[str] | None = None, limit: int = 200) -> list[dict]:
         """The latest events, newest first, of one run (or of all) and of the given kinds (or all)."""
@@ -395,7 +305,7 @@ class Store:
         if not isinstance(results, dict) or not all(isinstance(r, dict) for r in results.values()):
             raise ValueError("eval results must be a dict of task -> {metric: value}")
         clean = {task: {k: _float(v, f"{task}/{k}") for k, v in r.items()} for task, r in results.items()}
-        self._put(("eval", (_int(run_id, "run_id"), _step(step), _time.time(), _to_json(clean, "eval results"))))
+        self._writer.put("eval", (_int(run_id, "run_id"), _step(step), _time.time(), _to_json(clean, "eval results")))
 
     def evals(self, run_id: int, limit: int = 100) -> list[dict]:
         """The run's latest evaluations, newest first."""
@@ -411,7 +321,7 @@ class Store:
         """Record a checkpoint written at `path`; returns once committed. Raises ValueError if the id exists."""
         row = (id, run_id, name, parent, _step(step), str(path), _time.time(), _to_json(meta, "checkpoint meta"))
         try:
-            with _transaction(self._conn(), "IMMEDIATE") as conn:
+            with transaction(self._conn(), "IMMEDIATE") as conn:
                 conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
         except sqlite3.IntegrityError:
             raise ValueError(f"checkpoint {id!r} already exists") from None
@@ -437,7 +347,7 @@ class Store:
 
     def delete_checkpoint(self, id: str) -> None:
         """Forget a checkpoint (its children keep their parent id); its files are the caller's."""
-        with _transaction(self._conn(), "IMMEDIATE") as conn:
+        with transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("DELETE FROM checkpoints WHERE id = ?", (id,))
             conn.execute("DELETE FROM factoring WHERE checkpoint_id = ?", (id,))
 
@@ -448,7 +358,7 @@ class Store:
         """Record (or update) a generated dataset; returns once committed."""
         row = (name, status, generator, _to_json(params, "dataset params"), _int(seed, "seed"), _int(n, "n"),
                None if path is None else str(path), _time.time(), error, _to_json(info or {}, "dataset info"))
-        with _transaction(self._conn(), "IMMEDIATE") as conn:
+        with transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def datasets(self) -> list[dict]:
@@ -468,7 +378,7 @@ class Store:
 
     def delete_dataset(self, name: str) -> None:
         """Forget a dataset's row; its file is the caller's."""
-        with _transaction(self._conn(), "IMMEDIATE") as conn:
+        with transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("DELETE FROM datasets WHERE name = ?", (name,))
 
     # -- factoring reports (M5) ----------------------------------------------------------------------
@@ -476,7 +386,7 @@ class Store:
     def put_factoring(self, checkpoint_id: str, key: str, report: dict) -> None:
         """Record a checkpoint's factoring report for these settings (`key`); returns once committed."""
         row = (checkpoint_id, key, _time.time(), _to_json(report, "factoring report"))
-        with _transaction(self._conn(), "IMMEDIATE") as conn:
+        with transaction(self._conn(), "IMMEDIATE") as conn:
             conn.execute("INSERT OR REPLACE INTO factoring VALUES (?, ?, ?, ?)", row)
 
     def factoring(self, checkpoint_id: str, key: str | None = None) -> dict | None:
@@ -495,62 +405,3 @@ class Store:
             "SELECT checkpoint_id, json_extract(report, '$.ufr') FROM factoring AS f WHERE created = "
             "(SELECT MAX(created) FROM factoring WHERE checkpoint_id = f.checkpoint_id)").fetchall()
         return dict(rows)
-
-    # -- the writer thread -------------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        conn = _connect(self.path)
-        try:
-            stopping = False
-            while not stopping:
-                batch = _Batch()
-                item = self._queue.get()
-                deadline = _time.monotonic() + self.flush_interval
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    batch.add(item)
-                    wait = deadline - _time.monotonic()
-                    if batch.waiters or batch.rows >= BATCH_ROWS or wait <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=wait)
-                    except queue.Empty:
-                        break
-                self._commit(conn, batch)
-        finally:
-            conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: _Batch) -> None:
-        """Write a batch in one transaction. A failure drops the batch and is kept for flush()/close()
-        to raise: the writer carries on with the next batch."""
-        try:
-            with _transaction(conn, "IMMEDIATE"):
-                if batch.metrics:
-                    self._write_metrics(conn, batch.metrics)
-                conn.executemany("INSERT INTO events (run_id, time, step, kind, message, data)"
-                                 " VALUES (?, ?, ?, ?, ?, ?)", batch.events)
-                conn.executemany("INSERT INTO evals (run_id, step, time, results) VALUES (?, ?, ?, ?)", batch.evals)
-        except Exception as e:
-            self._key_ids.clear()  # ids inserted by the rolled-back transaction are gone
-            with self._lock:
-                self._error = self._error or e
-        finally:
-            for waiter in batch.waiters:
-                waiter.set()
-
-    def _write_metrics(self, conn: sqlite3.Connection, metrics: list) -> None:
-        ids = self._key_ids
-        rows = [(run_id, ids[key] if key in ids else self._key_id(conn, key), step, value, when)
-                for run_id, step, when, pairs in metrics for key, value in pairs]
-        conn.executemany("INSERT INTO metrics (run_id, key_id, step, value, time) VALUES (?, ?, ?, ?, ?)", rows)
-        run, key, step, value, _ = (np.array(c) for c in zip(*rows))
-        for level, run, key, bucket, s in downsample.rollups(run, key, step, value):
-            conn.executemany(UPSERT_ROLLUP, [(r, level, k, b, *summary) for r, k, b, summary
-                                             in zip(run.tolist(), key.tolist(), bucket.tolist(), s.rows())])
-
-    def _key_id(self, conn: sqlite3.Connection, name: str) -> int:
-        conn.execute("INSERT OR IGNORE INTO keys (name) VALUES (?)", (name,))  # another store may have added it
-        self._key_ids[name] = conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone()[0]
-        return self._key_ids[name]

@@ -43,9 +43,10 @@ from acc.ui.link import Link, metric_points
 from acc.ui.login import install_login, session_middleware_kwargs, storage_secret
 from acc.ui.pages import CHECKPOINT_EVENTS, STYLE, TICK_S, CheckpointsPage, NotFoundPage
 from acc.ui.panels import REGISTRY_KINDS, EvalPanel, ReconstructionPanel, RegistryErrorsPanel
+from acc.ui.recipes import RecipesPanel
 from acc.ui.status import Banner, StatusBar
 from acc.ui.tasks_panel import TasksPanel
-from acc.ui.tree import CheckpointTree, RecipesPanel
+from acc.ui.tree import CheckpointTree
 
 log = logging.getLogger(__name__)
 
