@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from acc.engine.device_commands import EVAL_TIMEOUT_S
-from acc.engine.devices import DeviceManager, check_device
+from acc.engine.devices import DeviceManager, check_device, cpu_model
 from acc.engine.eval_worker import EvalWorker, EvalWorkerError
 from acc.engine.session import Session
 from acc.ui.client import TrainerClient
@@ -158,8 +158,9 @@ def test_checkpoints_record_the_numerics_they_were_trained_under(workspace, tiny
         engine.train(2, timeout=60)
         first = engine.save_checkpoint("first")
         [before] = first["trained_under"]
-        assert before == {"torch": torch.__version__, "device": "cpu", "ranks": 1,
+        assert before == {"torch": torch.__version__, "device": "cpu", "ranks": 1, "cpu_model": cpu_model(),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": before["threads"]}
+        assert before["cpu_model"]  # a name, at worst the architecture's
         engine.train(2, timeout=60)  # since "first": nothing changed, one entry again
         assert engine.save_checkpoint("second")["trained_under"] == [before]
 

@@ -92,6 +92,8 @@ def test_what_a_checkpoint_was_trained_under_reads_in_one_line():
     assert numerics_text([cpu, {**cpu, "threads": 1}]) == ("cpu AVX512 · 2 threads · torch 2.13.0+cpu then "
                                                           "cpu AVX512 · 1 thread · torch 2.13.0+cpu")
     assert numerics_text([gpu]) == "cuda:0 NVIDIA H200 · CUDA 13.0 · 2 ranks · torch 2.13.0"
+    amd = {**cpu, "cpu_model": "AMD EPYC", "cpu_capability": "AVX2"}  # recorded since session 10
+    assert numerics_text([amd]) == "cpu AMD EPYC · AVX2 · 2 threads · torch 2.13.0+cpu"
     assert numerics_text([]) == ""
 
 

@@ -9,7 +9,9 @@ waits. The roles (which device trains, which evaluates) belong to the engine
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
 import threading
 from dataclasses import asdict, dataclass
 
@@ -39,16 +41,33 @@ def resolve_device(name: str) -> torch.device:
 
 def numerics(device: torch.device, ranks: int = 1) -> dict:
     """What decides the bits of a training step besides the seed: torch's version, the device
-    (and on a GPU its model and CUDA), on the CPU the kernels' instruction set and the intra-op
-    thread count of the calling thread (reductions split by thread sum in another order), and the
-    data-parallel ranks. Two runs of one seed agree bitwise only where all of these agree; else
-    they part at the first step, and after thousands of steps they are different draws."""
+    (and on a GPU its model and CUDA), on the CPU its model, the kernels' instruction set and the
+    intra-op thread count of the calling thread (reductions split by thread sum in another order),
+    and the data-parallel ranks. Two runs of one seed agree bitwise only where all of these agree;
+    else they part at the first step, and after thousands of steps they are different draws."""
     record = {"torch": torch.__version__, "device": str(device), "ranks": ranks}
     if device.type == "cuda":
         record.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     else:
-        record.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
+        record.update(cpu_model=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                      threads=torch.get_num_threads())
     return record
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The processor's model name (e.g. "AMD EPYC"); where the system does not say, its
+    architecture. It belongs to the numerics:
+    the math libraries choose kernels by processor too, so one instruction set on an Intel and on an
+    AMD CPU (AVX2 on both) trains one seed to other weights."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
 
 
 def check_device(name: str) -> str:

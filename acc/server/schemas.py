@@ -130,7 +130,7 @@ class Checkpoint(BaseModel):
     ufr: float | None = Field(None, description="UFR of its newest factoring report (M5); null before any")
     trained_under: list[dict[str, Any]] = Field(
         default_factory=list, description="the numerics of its steps since its parent, one entry per change: torch, "
-                                          "device, ranks, and cpu_capability and threads (CPU) or gpu and cuda; two "
+                                          "device, ranks, and cpu_model, cpu_capability and threads (CPU) or gpu and cuda; two "
                                           "runs of one seed agree bitwise only under the same")
 
 

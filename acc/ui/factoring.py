@@ -99,15 +99,17 @@ def ufr_text(report: dict[str, Any]) -> str:
 
 
 def numerics_text(trained_under: list[dict[str, Any]]) -> str:
-    """What a checkpoint's steps since its parent ran under, e.g. "cpu AVX512 · 2 threads · torch
-    2.13.0+cpu", changes joined by "then"; "" for none (no steps, or a checkpoint from before)."""
+    """What a checkpoint's steps since its parent ran under, e.g. "cpu AMD EPYC · AVX2 · 2 threads ·
+    torch 2.13.0+cpu", changes joined by "then"; "" for none (no steps, or a checkpoint from before).
+    Checkpoints from before the CPU model was recorded show without it."""
     def one(entry: dict[str, Any]) -> str:
         if "gpu" in entry:
             where = f"{entry['device']} {entry['gpu']} · CUDA {entry.get('cuda')}"
         else:
             threads = entry.get("threads")
             plural = "" if threads == 1 else "s"
-            where = f"{entry.get('device', 'cpu')} {entry.get('cpu_capability', '')} · {threads} thread{plural}"
+            model = f"{entry['cpu_model']} · " if entry.get("cpu_model") else ""
+            where = f"{entry.get('device', 'cpu')} {model}{entry.get('cpu_capability', '')} · {threads} thread{plural}"
         ranks = f" · {entry['ranks']} ranks" if entry.get("ranks", 1) > 1 else ""
         return f"{where.strip()}{ranks} · torch {entry.get('torch')}"
     return " then ".join(one(entry) for entry in trained_under)
