@@ -57,9 +57,9 @@ def numerics(device: torch.device, ranks: int = 1) -> dict:
 @functools.cache
 def cpu_model() -> str:
     """The processor's model name (e.g. "AMD EPYC"); where the system does not say, its
-    architecture. It belongs to the numerics:
-    the math libraries choose kernels by processor too, so one instruction set on an Intel and on an
-    AMD CPU (AVX2 on both) trains one seed to other weights."""
+    architecture. It belongs to the numerics: the math libraries choose kernels by processor too,
+    so one instruction set on an Intel and on an AMD CPU (AVX2 on both) trains one seed to other
+    weights."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
